@@ -1,0 +1,146 @@
+//! Connecting to Redis, and the handle every part of the transport shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::{ConnectionConfig, PerformanceConfig, ReconnectPolicy};
+use pgnm_protocol::Keys;
+
+use crate::config::RedisArgs;
+use crate::error::BusError;
+
+/// A connection to one installation's Redis keys, on behalf of one instance.
+///
+/// Cloning is cheap and shares the connection. Commands from concurrent tasks are
+/// pipelined on it; blocking reads get their own connection from
+/// [`Bus::blocking_client`].
+#[derive(Clone)]
+pub struct Bus {
+    client: Client,
+    keys: Keys,
+    instance: Arc<str>,
+    timeout: Duration,
+    url: Arc<str>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("prefix", &self.keys.prefix()).field("instance", &self.instance).finish()
+    }
+}
+
+/// Returns `url` with any password replaced, for messages and logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Bus {
+    /// Connects to Redis; fails at once (within the connection timeout) when the
+    /// settings are invalid or the server does not answer.
+    pub async fn connect(args: &RedisArgs, instance: &str) -> Result<Bus, BusError> {
+        let keys = Keys::new(&args.prefix).map_err(|e| BusError::Config(e.to_string()))?;
+        if instance.is_empty() || instance.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(BusError::Config(format!("invalid instance name {instance:?}")));
+        }
+        let timeout = Duration::from_millis(args.timeout_ms.max(1));
+        let config = Config::from_url(&args.url)
+            .map_err(|e| BusError::Config(format!("{}: {}", redact_url(&args.url), e.details())))?;
+        let client = build(config, timeout)?;
+        let url: Arc<str> = redact_url(&args.url).into();
+        init(&client, &url, timeout).await?;
+        Ok(Bus { client, keys, instance: instance.into(), timeout, url })
+    }
+
+    /// Returns a new, separate connection with the same settings, for one blocking
+    /// reader: a blocked connection would queue every other command behind it.
+    pub async fn blocking_client(&self, block: Duration) -> Result<Client, BusError> {
+        let config = self.client.client_config();
+        let client = build(config, self.timeout + block)?;
+        init(&client, &self.url, self.timeout).await?;
+        Ok(client)
+    }
+
+    /// Returns the shared (non-blocking) client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Returns the key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Returns this instance's name (the consumer name in every group it joins).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Returns the timeout of one command.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Returns whether Redis answers a `PING` right now.
+    pub async fn is_reachable(&self) -> bool {
+        self.client.ping::<()>(None).await.is_ok()
+    }
+}
+
+fn build(config: Config, timeout: Duration) -> Result<Client, BusError> {
+    let perf = PerformanceConfig { default_command_timeout: timeout, ..Default::default() };
+    let conn = ConnectionConfig {
+        connection_timeout: Duration::from_secs(3),
+        internal_command_timeout: Duration::from_secs(3),
+        max_command_attempts: 3,
+        ..Default::default()
+    };
+    // Reconnect for ever, backing off from 50 ms to 2 s: Redis restarts are survived.
+    let policy = ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
+    Builder::from_config(config)
+        .set_performance_config(perf)
+        .set_connection_config(conn)
+        .set_policy(policy)
+        .build()
+        .map_err(|e| BusError::Config(e.details().to_owned()))
+}
+
+async fn init(client: &Client, url: &str, timeout: Duration) -> Result<(), BusError> {
+    let connect = async {
+        client.init().await?;
+        client.ping::<()>(None).await
+    };
+    match tokio::time::timeout(timeout.max(Duration::from_secs(3)), connect).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => {
+            let _ = client.quit().await;
+            Err(BusError::Connect { url: url.to_owned(), source })
+        }
+        Err(_) => {
+            let _ = client.quit().await;
+            Err(BusError::Connect {
+                url: url.to_owned(),
+                source: fred::error::Error::new(fred::error::ErrorKind::Timeout, "no answer within the timeout"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,48 @@
+//! JSON Schemas of every envelope, command argument and result, generated from the
+//! Rust types. `proto-schemas/` holds their committed copies; a test fails when the
+//! two disagree.
+
+use serde_json::{Value, json};
+
+use crate::command::Command;
+use crate::error::{ErrorBody, ErrorCode};
+use crate::envelope::{Reply, Request};
+use crate::ping::{PingArgs, PingResult};
+
+fn schema<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).expect("a schema always converts to JSON")
+}
+
+/// Returns every schema as (file name under `proto-schemas/`, schema).
+pub fn all() -> Vec<(String, Value)> {
+    let mut out = vec![
+        ("request.schema.json".to_owned(), schema::<Request>()),
+        ("reply.schema.json".to_owned(), schema::<Reply>()),
+        ("error.schema.json".to_owned(), schema::<ErrorBody>()),
+        ("commands.json".to_owned(), command_table()),
+    ];
+    let typed: Vec<(Command, Value, Value)> = vec![(Command::Ping, schema::<PingArgs>(), schema::<PingResult>())];
+    for (cmd, args, result) in typed {
+        out.push((format!("commands/{cmd}.args.schema.json"), args));
+        out.push((format!("commands/{cmd}.result.schema.json"), result));
+    }
+    out
+}
+
+/// Returns the routing table and the error codes as a JSON document.
+fn command_table() -> Value {
+    let commands: Vec<Value> = Command::ALL
+        .iter()
+        .map(|c| json!({ "name": c.as_str(), "roles": c.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>() }))
+        .collect();
+    let codes: Vec<Value> = ErrorCode::ALL
+        .iter()
+        .map(|c| json!({ "code": c.as_str(), "retryableByDefault": c.default_retryable() }))
+        .collect();
+    json!({
+        "protocolVersion": crate::PROTOCOL_VERSION,
+        "entryField": crate::ENTRY_FIELD,
+        "commands": commands,
+        "errorCodes": codes,
+    })
+}
