@@ -137,6 +137,14 @@ impl Caller {
         Ok(Caller { inner })
     }
 
+    /// Stops reading replies and deletes the reply stream at once (instead of
+    /// letting it expire).
+    pub async fn close(self) {
+        self.inner.stop.cancel();
+        let stream = self.inner.reply_stream.as_str();
+        let _ = resp::run(self.inner.bus.client(), "DEL", stream, vec![Value::from(stream)], false).await;
+    }
+
     /// Returns this caller's reply stream.
     pub fn reply_stream(&self) -> &str {
         &self.inner.reply_stream
@@ -171,7 +179,13 @@ impl Caller {
 
     /// Adds an already encoded request with id `id` to `stream` and waits for its
     /// reply until `deadline` (plus a short grace for the service's own answer).
-    pub async fn call_raw(&self, stream: &str, id: &str, deadline: Deadline, message: Vec<u8>) -> Result<Reply, CallError> {
+    pub async fn call_raw(
+        &self,
+        stream: &str,
+        id: &str,
+        deadline: Deadline,
+        message: Vec<u8>,
+    ) -> Result<Reply, CallError> {
         let (tx, rx) = oneshot::channel();
         self.inner.waiters.lock().expect("waiters lock poisoned").insert(id.to_owned(), tx);
         let guard = WaiterGuard { waiters: &self.inner.waiters, id };
@@ -188,7 +202,12 @@ impl Caller {
 
 /// Adds one message to `stream`.
 pub async fn send(bus: &Bus, stream: &str, message: Vec<u8>) -> Result<(), BusError> {
-    let args = vec![Value::from(stream), Value::from("*"), Value::from(pgnm_protocol::ENTRY_FIELD), Value::Bytes(Bytes::from(message))];
+    let args = vec![
+        Value::from(stream),
+        Value::from("*"),
+        Value::from(pgnm_protocol::ENTRY_FIELD),
+        Value::Bytes(Bytes::from(message)),
+    ];
     resp::run(bus.client(), "XADD", stream, args, false).await.map(|_| ())
 }
 
@@ -207,7 +226,8 @@ impl Drop for WaiterGuard<'_> {
 /// skipped) and an expiry; returns that entry's id, where reading starts.
 async fn create_reply_stream(bus: &Bus, stream: &str) -> Result<String, BusError> {
     let args = vec![Value::from(stream), Value::from("*"), Value::from("created"), Value::from(bus.instance())];
-    let id = resp::string(resp::run(bus.client(), "XADD", stream, args, false).await?).ok_or(BusError::Reply("XADD"))?;
+    let id =
+        resp::string(resp::run(bus.client(), "XADD", stream, args, false).await?).ok_or(BusError::Reply("XADD"))?;
     expire(bus, stream).await?;
     Ok(id)
 }

@@ -85,7 +85,8 @@ impl<H: CommandHandler> EntryHandler for RoleService<H> {
             return Disposition::DeadLetter(format!("entry has no '{}' field", pgnm_protocol::ENTRY_FIELD));
         };
         if payload.len() > self.args.max_payload_bytes {
-            let message = format!("message of {} bytes exceeds the limit of {}", payload.len(), self.args.max_payload_bytes);
+            let message =
+                format!("message of {} bytes exceeds the limit of {}", payload.len(), self.args.max_payload_bytes);
             return reject_unreadable(&self.bus, &payload, ErrorCode::PayloadTooLarge, message).await;
         }
         let request: Request = match decode_request(&payload) {
@@ -97,18 +98,7 @@ impl<H: CommandHandler> EntryHandler for RoleService<H> {
     }
 
     async fn give_up(&self, delivery: &Delivery, reason: &str) {
-        let Some(payload) = &delivery.payload else { return };
-        let header = decode_header(payload);
-        let error = ErrorBody::new(ErrorCode::DeadLettered, format!("{reason}; moved to the dead-letter stream"));
-        let id = header.id.unwrap_or_default();
-        let reply = encode_reply(&id, self.bus.instance(), ReplyBody::Error(&error));
-        if !id.is_empty() {
-            let key = self.bus.keys().result(self.role, &id);
-            let _ = store(&self.bus, &key, &reply, self.args.result_ttl()).await;
-        }
-        if let Some(to) = header.reply_to.filter(|to| self.bus.keys().check_reply_stream(to).is_ok()) {
-            let _ = send_reply(&self.bus, &to, &reply).await;
-        }
+        give_up(&self.bus, Some((self.role, self.args.result_ttl())), delivery, reason).await;
     }
 }
 
@@ -126,13 +116,25 @@ impl<H: CommandHandler> RoleService<H> {
             debug!(code = %error.code, message = %error.message, "request refused");
             answer_once(&self.bus, id, reply_to, &error).await
         };
-        if let Err(e) = request.validate() {
+        if let Err(e) = request.validate(false) {
             return refuse(ErrorBody::bad_request(e.to_string())).await;
         }
         let command = match request.command.parse::<Command>() {
             Ok(c) if c.roles().contains(&self.role) => c,
-            Ok(c) => return refuse(ErrorBody::new(ErrorCode::UnknownCommand, format!("command {c} is not served by role {}", self.role))).await,
-            Err(_) => return refuse(ErrorBody::new(ErrorCode::UnknownCommand, format!("unknown command {:?}", request.command))).await,
+            Ok(c) => {
+                return refuse(ErrorBody::new(
+                    ErrorCode::UnknownCommand,
+                    format!("command {c} is not served by role {}", self.role),
+                ))
+                .await;
+            }
+            Err(_) => {
+                return refuse(ErrorBody::new(
+                    ErrorCode::UnknownCommand,
+                    format!("unknown command {:?}", request.command),
+                ))
+                .await;
+            }
         };
         if request.deadline.is_expired() {
             return refuse(expired()).await;
@@ -238,12 +240,23 @@ async fn wait_for_reply(bus: &Bus, key: &str, deadline: Deadline) -> Result<Opti
 }
 
 /// Stores the reply (or drops the record when `ttl` is `None`) and sends it.
-async fn finish(bus: &Bus, key: &str, ttl: Option<Duration>, reply_to: Option<&str>, reply: Vec<u8>) -> Result<(), BusError> {
+async fn finish(
+    bus: &Bus,
+    key: &str,
+    ttl: Option<Duration>,
+    reply_to: Option<&str>,
+    reply: Vec<u8>,
+) -> Result<(), BusError> {
     let reply = Bytes::from(reply);
     let pipeline = bus.client().pipeline();
     let stored = match ttl {
         Some(ttl) => {
-            let args = vec![Value::from(key), Value::Bytes(reply.clone()), Value::from("PX"), Value::from(ttl.as_millis() as i64)];
+            let args = vec![
+                Value::from(key),
+                Value::Bytes(reply.clone()),
+                Value::from("PX"),
+                Value::from(ttl.as_millis() as i64),
+            ];
             pipeline.custom::<Value, Value>(resp::command("SET", key, false), args).await
         }
         None => pipeline.custom::<Value, Value>(resp::command("DEL", key, false), vec![Value::from(key)]).await,
@@ -255,18 +268,25 @@ async fn finish(bus: &Bus, key: &str, ttl: Option<Duration>, reply_to: Option<&s
             .await
             .map_err(BusError::redis("XADD"))?;
     }
-    let results: Vec<Value> = pipeline.try_all::<Value>().await.into_iter().collect::<Result<_, _>>().map_err(BusError::redis("pipeline"))?;
+    let results: Vec<Value> =
+        pipeline.try_all::<Value>().await.into_iter().collect::<Result<_, _>>().map_err(BusError::redis("pipeline"))?;
     let _ = results;
     Ok(())
 }
 
 fn reply_args(to: &str, reply: Bytes) -> Vec<Value> {
     // NOMKSTREAM: a reply stream that expired belongs to a caller that is gone.
-    vec![Value::from(to), Value::from("NOMKSTREAM"), Value::from("*"), Value::from(pgnm_protocol::ENTRY_FIELD), Value::Bytes(reply)]
+    vec![
+        Value::from(to),
+        Value::from("NOMKSTREAM"),
+        Value::from("*"),
+        Value::from(pgnm_protocol::ENTRY_FIELD),
+        Value::Bytes(reply),
+    ]
 }
 
 /// Writes one reply to a caller's reply stream.
-pub(crate) async fn send_reply(bus: &Bus, to: &str, reply: &[u8]) -> Result<(), BusError> {
+pub async fn send_reply(bus: &Bus, to: &str, reply: &[u8]) -> Result<(), BusError> {
     resp::run(bus.client(), "XADD", to, reply_args(to, Bytes::copy_from_slice(reply)), false).await.map(|_| ())
 }
 
@@ -310,8 +330,58 @@ pub async fn reject_unreadable(bus: &Bus, payload: &[u8], code: ErrorCode, messa
     }
 }
 
+/// Tells the caller of an entry that is given up after too many deliveries
+/// (`DEAD_LETTERED`), where its `replyTo` can be read; with `store`, also keeps
+/// that reply as the request's result so a repeat gets it too.
+pub async fn give_up(bus: &Bus, store_as: Option<(Role, Duration)>, delivery: &Delivery, reason: &str) {
+    let Some(payload) = &delivery.payload else { return };
+    let header = decode_header(payload);
+    let error = ErrorBody::new(ErrorCode::DeadLettered, format!("{reason}; moved to the dead-letter stream"));
+    let id = header.id.unwrap_or_default();
+    let reply = encode_reply(&id, bus.instance(), ReplyBody::Error(&error));
+    if let (Some((role, ttl)), false) = (store_as, id.is_empty()) {
+        let key = bus.keys().result(role, &id);
+        if let Err(e) = store(bus, &key, &reply, ttl).await {
+            warn!(error = %e, "cannot store the dead-letter reply");
+        }
+    }
+    if let Some(to) = header.reply_to.filter(|to| bus.keys().check_reply_stream(to).is_ok()) {
+        if let Err(e) = send_reply(bus, &to, &reply).await {
+            warn!(error = %e, "cannot tell the caller about the dead letter");
+        }
+    }
+}
+
+/// Answers `ping` for `role`.
+pub fn ping(
+    role: Role,
+    instance: &str,
+    args: rmpv::Value,
+) -> impl Future<Output = Result<Vec<u8>, ErrorBody>> + Send + 'static {
+    let parsed = pgnm_protocol::decode_args::<pgnm_protocol::ping::PingArgs>(args)
+        .and_then(|a| a.validate().map(|()| a).map_err(ErrorBody::bad_request));
+    let instance = instance.to_owned();
+    async move {
+        let args = parsed?;
+        if let Some(ms) = args.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        pgnm_protocol::encode_data(&pgnm_protocol::ping::PingResult {
+            role,
+            instance,
+            echo: args.echo,
+            time: pgnm_protocol::now_ms(),
+        })
+    }
+}
+
 /// Stores a reply for `ttl`.
 async fn store(bus: &Bus, key: &str, reply: &[u8], ttl: Duration) -> Result<(), BusError> {
-    let args = vec![Value::from(key), Value::Bytes(Bytes::copy_from_slice(reply)), Value::from("PX"), Value::from(ttl.as_millis() as i64)];
+    let args = vec![
+        Value::from(key),
+        Value::Bytes(Bytes::copy_from_slice(reply)),
+        Value::from("PX"),
+        Value::from(ttl.as_millis() as i64),
+    ];
     resp::run(bus.client(), "SET", key, args, false).await.map(|_| ())
 }

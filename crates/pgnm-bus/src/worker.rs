@@ -400,7 +400,8 @@ async fn reclaim_once<H>(
         Value::from("COUNT"),
         Value::from(count as i64),
     ];
-    let (next, claimed) = resp::autoclaim_reply(resp::run(shared.bus.client(), "XAUTOCLAIM", stream, args, false).await?)?;
+    let (next, claimed) =
+        resp::autoclaim_reply(resp::run(shared.bus.client(), "XAUTOCLAIM", stream, args, false).await?)?;
     if claimed.is_empty() {
         return Ok((next, Vec::new()));
     }
@@ -419,7 +420,16 @@ async fn reclaim_once<H>(
         resp::pending_counts(resp::run(shared.bus.client(), "XPENDING", stream, args, false).await?)
             .into_iter()
             .collect();
-    Ok((next, claimed.into_iter().map(|e| { let n = counts.get(&e.id).copied().unwrap_or(2); (e, n) }).collect()))
+    Ok((
+        next,
+        claimed
+            .into_iter()
+            .map(|e| {
+                let n = counts.get(&e.id).copied().unwrap_or(2);
+                (e, n)
+            })
+            .collect(),
+    ))
 }
 
 /// Keeps this instance's long-running claims fresh, so the reclaimers of other
@@ -473,7 +483,9 @@ async fn hand_back<H>(shared: &Shared<H>) {
     let idle = Duration::from_millis(shared.args.claim_idle_ms);
     match claim_ids(shared, &ids, Some(idle)).await {
         Ok(()) => warn!(count = ids.len(), "drain timed out; unfinished entries handed back to other instances"),
-        Err(e) => warn!(count = ids.len(), error = %e, "drain timed out; unfinished entries will be reclaimed after the claim timeout"),
+        Err(e) => {
+            warn!(count = ids.len(), error = %e, "drain timed out; unfinished entries will be reclaimed after the claim timeout")
+        }
     }
 }
 
@@ -499,7 +511,8 @@ async fn janitor_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
 /// and entries still pending are never removed.
 pub(crate) async fn trim(bus: &Bus, source: &Source) -> Result<(), BusError> {
     let stream = source.stream.as_str();
-    let groups = resp::records(resp::run(bus.client(), "XINFO", stream, vec!["GROUPS".into(), stream.into()], false).await?);
+    let groups =
+        resp::records(resp::run(bus.client(), "XINFO", stream, vec!["GROUPS".into(), stream.into()], false).await?);
     let mut threshold: Option<String> = None;
     for group in groups {
         let mut name = None;
@@ -513,7 +526,8 @@ pub(crate) async fn trim(bus: &Bus, source: &Source) -> Result<(), BusError> {
         }
         let (Some(name), Some(last)) = (name, last) else { return Err(BusError::Reply("XINFO GROUPS")) };
         // Summary form: [count, smallest pending id, greatest, consumers].
-        let summary = resp::run(bus.client(), "XPENDING", stream, vec![stream.into(), name.as_str().into()], false).await?;
+        let summary =
+            resp::run(bus.client(), "XPENDING", stream, vec![stream.into(), name.as_str().into()], false).await?;
         let smallest = match summary {
             Value::Array(mut parts) if parts.len() >= 2 => resp::stream_id(parts.swap_remove(1)),
             _ => None,

@@ -1,1 +1,137 @@
-fn main() {}
+//! `pgnm`: the operator's command line. Sends commands through the router like
+//! any other caller and prints the replies, for people (default) or scripts (`--json`).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pgnm_bus::{Bus, CallError, CallSpec, Caller, RedisArgs};
+use pgnm_protocol::{Reply, Role};
+
+/// Exit status when the command was answered with an error.
+const EXIT_ERROR_REPLY: u8 = 1;
+/// Exit status when no answer came (transport failure or deadline).
+const EXIT_NO_REPLY: u8 = 3;
+
+/// pgnm: operate a pgnm installation from a terminal.
+///
+/// Connection settings come from the same PGNM_* environment variables as the services.
+#[derive(Debug, Parser)]
+#[command(name = "pgnm", version)]
+struct Cli {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Print replies as one JSON object per line, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Milliseconds to wait for the reply; also the request's deadline.
+    #[arg(long, global = true, env = "PGNM_TIMEOUT_MS", default_value_t = 10_000)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Sends any command and prints its reply.
+    Call {
+        /// Command name, as in the command table (e.g. `ping`, `getBestNode`).
+        command: String,
+        /// Role that must execute the command (`router`, `checker`, `scheduler`, `jrpc-proxy`).
+        #[arg(long)]
+        role: Option<String>,
+        /// Arguments as a JSON object.
+        #[arg(long)]
+        args: Option<String>,
+        /// Request id (the idempotency key); a fresh one by default.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("pgnm: {e:#}");
+            }
+            ExitCode::from(EXIT_NO_REPLY)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cmd::Call { command, role, args, id } = cli.command;
+    let role =
+        role.map(|r| r.parse::<Role>().map_err(|_| anyhow::anyhow!("--role: unknown role {r:?}"))).transpose()?;
+    let args: Option<serde_json::Value> =
+        args.map(|a| serde_json::from_str(&a).with_context(|| format!("--args: not valid JSON: {a}"))).transpose()?;
+    if args.as_ref().is_some_and(|a| !a.is_object()) {
+        anyhow::bail!("--args: must be a JSON object");
+    }
+    let instance = format!("cli-{}", uuid::Uuid::new_v4().simple());
+    let bus = Bus::connect(&cli.redis, &instance).await?;
+    let caller = Caller::start(bus, &user()).await?;
+    let mut spec = CallSpec::new(&command, Duration::from_millis(cli.timeout)).args(args);
+    spec.role = role;
+    spec.id = id;
+    let started = Instant::now();
+    let outcome = caller.call(spec).await;
+    let elapsed = started.elapsed();
+    caller.close().await;
+    match outcome {
+        Ok(reply) => Ok(print_reply(&command, &reply, elapsed, cli.json)),
+        Err(CallError::DeadlineExceeded { id }) => {
+            anyhow::bail!("no reply to {command} (request {id}) within {} ms; is the router running?", cli.timeout)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn user() -> String {
+    let name = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    format!("pgnm-cli:{name}")
+}
+
+fn to_json(v: &rmpv::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_reply(command: &str, reply: &Reply, elapsed: Duration, json: bool) -> ExitCode {
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    if json {
+        let mut out = serde_json::json!({ "id": reply.id, "instance": reply.instance });
+        match reply.result() {
+            Ok(data) => out["data"] = to_json(data),
+            Err(e) => {
+                out["error"] =
+                    serde_json::json!({ "code": e.code.as_str(), "message": e.message, "retryable": e.retryable });
+                if let Some(d) = &e.details {
+                    out["error"]["details"] = to_json(d);
+                }
+            }
+        }
+        println!("{out}");
+    } else {
+        match reply.result() {
+            Ok(data) => {
+                println!("ok: {command} answered by {} in {ms:.1} ms", reply.instance);
+                println!("{}", serde_json::to_string_pretty(&to_json(data)).unwrap_or_default());
+            }
+            Err(e) => {
+                let retry = if e.retryable { "retryable" } else { "not retryable" };
+                println!("error {} ({retry}): {}", e.code, e.message);
+                if let Some(d) = &e.details {
+                    println!("{}", serde_json::to_string_pretty(&to_json(d)).unwrap_or_default());
+                }
+            }
+        }
+    }
+    if reply.error.is_some() { ExitCode::from(EXIT_ERROR_REPLY) } else { ExitCode::SUCCESS }
+}

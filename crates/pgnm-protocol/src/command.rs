@@ -205,10 +205,7 @@ mod tests {
     fn routes() {
         assert_eq!(Route::resolve("getBestNode", None).unwrap().1, Route::One(Role::Checker));
         assert_eq!(Route::resolve("taskList", None).unwrap().1, Route::One(Role::Scheduler));
-        assert_eq!(
-            Route::resolve("bootstrap", None).unwrap().1,
-            Route::FanOut(vec![Role::Checker, Role::Scheduler])
-        );
+        assert_eq!(Route::resolve("bootstrap", None).unwrap().1, Route::FanOut(vec![Role::Checker, Role::Scheduler]));
         assert_eq!(Route::resolve("bootstrap", Some("checker")).unwrap().1, Route::One(Role::Checker));
         assert_eq!(Route::resolve("ping", Some("router")).unwrap().1, Route::Local);
         assert!(matches!(Route::resolve("getbestnode", None), Err(RouteError::UnknownCommand(_))));

@@ -8,8 +8,11 @@ use crate::error::ErrorBody;
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Longest accepted request id, caller identity or trace id, in bytes.
-const MAX_NAME_LEN: usize = 128;
+/// Longest request id, caller identity or trace id a caller may send, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest request id between pgnm's own services: a fanned-out command's
+/// sub-requests carry the caller's id followed by `/<role>`.
+const MAX_INTERNAL_ID_LEN: usize = MAX_ID_LEN + 16;
 
 /// A request: what a caller puts, MessagePack-encoded, in the `m` field of an
 /// entry of the router's ingress stream.
@@ -57,7 +60,7 @@ pub struct RequestId(String);
 impl RequestId {
     /// Returns the id if it is well-formed.
     pub fn parse(id: &str) -> Result<Self, ValidationError> {
-        check_name("id", id)?;
+        check_name("id", id, MAX_ID_LEN)?;
         Ok(RequestId(id.to_owned()))
     }
 
@@ -83,11 +86,11 @@ pub enum ValidationError {
     },
 }
 
-fn check_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), ValidationError> {
     let reason = if value.is_empty() {
         "must not be empty"
-    } else if value.len() > MAX_NAME_LEN {
-        "must be at most 128 bytes"
+    } else if value.len() > max {
+        "is too long (a caller may send at most 128 bytes)"
     } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         "must not contain whitespace or control characters"
     } else {
@@ -99,15 +102,16 @@ fn check_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
 impl<A> Request<A> {
     /// Checks the envelope fields that typing alone does not: version, id, caller,
     /// trace id and deadline. The reply stream is checked against the key layout
-    /// by [`crate::Keys::check_reply_stream`].
-    pub fn validate(&self) -> Result<(), ValidationError> {
+    /// by [`crate::Keys::check_reply_stream`]. `from_caller` applies the limits
+    /// of requests from outside (at the ingress) rather than between services.
+    pub fn validate(&self, from_caller: bool) -> Result<(), ValidationError> {
         if self.version != PROTOCOL_VERSION {
             return Err(ValidationError::Version(self.version));
         }
-        check_name("id", &self.id)?;
-        check_name("caller", &self.caller)?;
+        check_name("id", &self.id, if from_caller { MAX_ID_LEN } else { MAX_INTERNAL_ID_LEN })?;
+        check_name("caller", &self.caller, MAX_ID_LEN)?;
         if let Some(trace) = &self.trace_id {
-            check_name("traceId", trace)?;
+            check_name("traceId", trace, MAX_ID_LEN)?;
         }
         if self.deadline.0 == 0 {
             return Err(ValidationError::Field { field: "deadline", reason: "must be a Unix time in milliseconds" });

@@ -63,10 +63,7 @@ impl ErrorCode {
 
     /// Returns whether sending the same request again (with a fresh deadline) may succeed.
     pub const fn default_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::DeadlineExceeded | ErrorCode::NoHealthyNode | ErrorCode::Unavailable
-        )
+        matches!(self, ErrorCode::DeadlineExceeded | ErrorCode::NoHealthyNode | ErrorCode::Unavailable)
     }
 }
 

@@ -19,8 +19,8 @@ pub use codec::{
     DecodeError, ENTRY_FIELD, decode_args, decode_header, decode_reply, decode_request, encode_data, encode_reply,
     encode_request,
 };
-pub use command::{Command, Role, Route};
+pub use command::{Command, Role, Route, RouteError};
 pub use deadline::{Deadline, now_ms};
-pub use envelope::{Header, PROTOCOL_VERSION, Reply, ReplyBody, Request, RequestId, ValidationError};
+pub use envelope::{Header, MAX_ID_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request, RequestId, ValidationError};
 pub use error::{ErrorBody, ErrorCode};
 pub use keys::{KeyError, Keys};

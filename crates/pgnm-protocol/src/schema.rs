@@ -5,8 +5,8 @@
 use serde_json::{Value, json};
 
 use crate::command::Command;
-use crate::error::{ErrorBody, ErrorCode};
 use crate::envelope::{Reply, Request};
+use crate::error::{ErrorBody, ErrorCode};
 use crate::ping::{PingArgs, PingResult};
 
 fn schema<T: schemars::JsonSchema>() -> Value {

@@ -84,3 +84,13 @@ pub fn default_instance(role: &str) -> String {
 pub fn parse_millis(s: &str) -> Result<Duration, String> {
     s.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("{s:?} is not a number of milliseconds"))
 }
+
+/// Ends the process after a fatal error: one line on standard error naming the
+/// binary and the whole cause chain, and exit status 1.
+#[allow(clippy::print_stderr)]
+pub fn exit_on_error(binary: &str, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("{binary}: {e:#}");
+        std::process::exit(1);
+    }
+}
