@@ -1,1 +1,277 @@
-//! Shared helpers of the system tests.
+//! Shared helpers of the system tests: an isolated installation (a unique key
+//! prefix) on the real Redis, the real services started in-process or as
+//! processes, and raw wire-protocol access for speaking to them as a user would.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fred::prelude::*;
+use pgnm_bus::{Bus, Caller, RedisArgs, WorkerArgs};
+use pgnm_protocol::{Deadline, Keys, PROTOCOL_VERSION, Reply, Request, decode_reply, encode_request};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Returns the Redis URL the tests use (`PGNM_TEST_REDIS_URL`, else the local default).
+pub fn redis_url() -> String {
+    std::env::var("PGNM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Installs a log subscriber for the test (once per process); `RUST_LOG` filters it.
+pub fn init_logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Worker settings for tests: short claim timeout and drain so that reclaiming
+/// and shutdown happen within a test's patience.
+pub fn fast_worker() -> WorkerArgs {
+    WorkerArgs { claim_idle_ms: 1000, drain_timeout_ms: 3000, block_ms: 200, ..WorkerArgs::default() }
+}
+
+/// One isolated installation: a unique prefix on the test Redis.
+#[derive(Debug)]
+pub struct Env {
+    /// The key prefix.
+    pub prefix: String,
+    /// The Redis URL.
+    pub url: String,
+    /// The key layout.
+    pub keys: Keys,
+    /// A plain client for raw access.
+    pub redis: Client,
+    services: Vec<Service>,
+}
+
+/// A service started in-process.
+#[derive(Debug)]
+pub struct Service {
+    /// Cancelling it starts the service's drain.
+    pub shutdown: CancellationToken,
+    /// Ends when the service has stopped.
+    pub handle: JoinHandle<Result<(), pgnm_bus::BusError>>,
+}
+
+impl Service {
+    /// Stops the service and waits for its drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+impl Env {
+    /// Creates an installation with a fresh prefix on the test Redis.
+    pub async fn new() -> Env {
+        Self::with_url(redis_url()).await
+    }
+
+    /// Creates an installation with a fresh prefix on the Redis at `url`.
+    pub async fn with_url(url: String) -> Env {
+        init_logs();
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let redis = Builder::from_config(Config::from_url(&url).expect("valid test redis url")).build().expect("client");
+        redis.init().await.expect("the test Redis must be running (see README)");
+        Env { keys: Keys::new(&prefix).expect("valid prefix"), prefix, url, redis, services: Vec::new() }
+    }
+
+    /// Returns Redis settings for this installation.
+    pub fn redis_args(&self) -> RedisArgs {
+        RedisArgs::new(self.url.clone(), self.prefix.clone())
+    }
+
+    /// Returns a bus connection for instance `instance`.
+    pub async fn bus(&self, instance: &str) -> Bus {
+        Bus::connect(&self.redis_args(), instance).await.expect("connect the bus")
+    }
+
+    /// Returns a caller with its own reply stream.
+    pub async fn caller(&self) -> Caller {
+        let name = format!("test-caller-{}", uuid::Uuid::new_v4().simple());
+        Caller::start(self.bus(&name).await, "tests").await.expect("start a caller")
+    }
+
+    /// Starts a router in-process.
+    pub fn start_router(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
+        let config = pgnm_router::RouterConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(pgnm_router::run(config, shutdown.clone()));
+        self.push(Service { shutdown, handle })
+    }
+
+    /// Starts a checker in-process.
+    pub fn start_checker(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
+        let config = pgnm_checker::CheckerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(pgnm_checker::run(config, shutdown.clone()));
+        self.push(Service { shutdown, handle })
+    }
+
+    /// Starts a scheduler in-process.
+    pub fn start_scheduler(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
+        let config =
+            pgnm_scheduler::SchedulerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(pgnm_scheduler::run(config, shutdown.clone()));
+        self.push(Service { shutdown, handle })
+    }
+
+    /// Starts router, checker and scheduler in-process, with test worker settings.
+    pub async fn start_all(&mut self) {
+        self.start_router("router-1", fast_worker());
+        self.start_checker("checker-1", fast_worker());
+        self.start_scheduler("scheduler-1", fast_worker());
+        self.wait_for_groups().await;
+    }
+
+    fn push(&mut self, s: Service) -> &Service {
+        self.services.push(s);
+        self.services.last().expect("just pushed")
+    }
+
+    /// Takes the services started so far, to stop them one by one.
+    pub fn take_services(&mut self) -> Vec<Service> {
+        std::mem::take(&mut self.services)
+    }
+
+    /// Waits until the router, checker and scheduler groups exist.
+    pub async fn wait_for_groups(&self) {
+        for role in ["router", "checker", "scheduler"] {
+            let stream = format!("{{{}:{}}}:in", self.prefix, role);
+            for _ in 0..100 {
+                let groups: Result<Vec<Value>, _> = self.redis.xinfo_groups(stream.as_str()).await;
+                if groups.is_ok_and(|g| !g.is_empty()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Creates a raw reply stream for this test (as a non-Rust caller would) and
+    /// returns its name.
+    pub async fn raw_reply_stream(&self, name: &str) -> String {
+        let stream = self.keys.reply(name);
+        let _: String = self.redis.xadd(stream.as_str(), false, None, "*", ("created", "1")).await.expect("xadd");
+        let _: i64 = self.redis.pexpire(stream.as_str(), 120_000, None).await.expect("pexpire");
+        stream
+    }
+
+    /// Builds a request envelope.
+    pub fn request(&self, id: &str, command: &str, args: Option<rmpv::Value>, reply_to: Option<&str>, timeout: Duration) -> Request {
+        Request {
+            version: PROTOCOL_VERSION,
+            id: id.to_owned(),
+            command: command.to_owned(),
+            role: None,
+            args,
+            reply_to: reply_to.map(str::to_owned),
+            deadline: Deadline::after(timeout),
+            caller: "tests".to_owned(),
+            trace_id: None,
+        }
+    }
+
+    /// Adds raw bytes as the `m` field of an entry of `stream`.
+    pub async fn xadd_raw(&self, stream: &str, payload: Vec<u8>) -> String {
+        self.redis.xadd(stream, false, None, "*", ("m", payload)).await.expect("xadd")
+    }
+
+    /// Adds a request to the ingress.
+    pub async fn send(&self, request: &Request) -> String {
+        self.xadd_raw(&self.keys.ingress(), encode_request(request)).await
+    }
+
+    /// Returns every reply in `stream`, in order.
+    pub async fn replies(&self, stream: &str) -> Vec<Reply> {
+        let entries: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
+            self.redis.xrange(stream, "-", "+", None).await.expect("xrange");
+        entries.into_iter().filter_map(|(_, f)| f.get("m").map(|m| decode_reply(m).expect("a well-formed reply"))).collect()
+    }
+
+    /// Waits until `stream` holds at least `n` replies (or `patience` passes) and returns them.
+    pub async fn wait_replies(&self, stream: &str, n: usize, patience: Duration) -> Vec<Reply> {
+        let until = tokio::time::Instant::now() + patience;
+        loop {
+            let replies = self.replies(stream).await;
+            if replies.len() >= n || tokio::time::Instant::now() >= until {
+                return replies;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Returns the number of entries of `stream`.
+    pub async fn xlen(&self, stream: &str) -> u64 {
+        self.redis.xlen(stream).await.expect("xlen")
+    }
+
+    /// Returns the entries of a dead-letter stream as field maps.
+    pub async fn dead_letters(&self, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+        let entries: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
+            self.redis.xrange(stream, "-", "+", None).await.expect("xrange");
+        entries.into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// Waits until a dead-letter stream holds `n` entries (at most 10 s) and returns them.
+    pub async fn wait_dead_letters(&self, stream: &str, n: usize) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+        for _ in 0..500 {
+            let dead = self.dead_letters(stream).await;
+            if dead.len() >= n {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.dead_letters(stream).await
+    }
+
+    /// Stops every service and deletes the installation's keys.
+    pub async fn finish(mut self) {
+        for s in self.take_services() {
+            s.stop().await;
+        }
+        let pattern = format!("*{}*", self.prefix);
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, keys): (String, Vec<String>) = self
+                .redis
+                .custom(fred::cmd!("SCAN"), vec![cursor.clone(), "MATCH".into(), pattern.clone(), "COUNT".into(), "1000".into()])
+                .await
+                .expect("scan");
+            if !keys.is_empty() {
+                let _: i64 = self.redis.del(keys).await.expect("del");
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        let _ = self.redis.quit().await;
+    }
+}
+
+/// Returns the path of one of the workspace's binaries, built by `make test`
+/// (`cargo build --workspace --bins`) next to the test executables.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `make test`)", path.display());
+    path
+}
+
+/// Starts one of the workspace's binaries for this installation, with `env` added.
+pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(binary(name));
+    cmd.env("PGNM_REDIS_URL", &env.url)
+        .env("PGNM_PREFIX", &env.prefix)
+        .env("PGNM_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}

@@ -509,7 +509,7 @@ async fn janitor_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
 /// Trims `source.stream` below the oldest entry its group has not acknowledged
 /// (or, with none pending, up to the last delivered one). Entries never delivered
 /// and entries still pending are never removed.
-pub(crate) async fn trim(bus: &Bus, source: &Source) -> Result<(), BusError> {
+pub async fn trim(bus: &Bus, source: &Source) -> Result<(), BusError> {
     let stream = source.stream.as_str();
     let groups =
         resp::records(resp::run(bus.client(), "XINFO", stream, vec!["GROUPS".into(), stream.into()], false).await?);
@@ -545,7 +545,7 @@ pub(crate) async fn trim(bus: &Bus, source: &Source) -> Result<(), BusError> {
     if threshold == "0-0" {
         return Ok(());
     }
-    let args = vec![stream.into(), "MINID".into(), "~".into(), threshold.as_str().into()];
+    let args = vec![stream.into(), "MINID".into(), threshold.as_str().into()];
     resp::run(bus.client(), "XTRIM", stream, args, false).await.map(|_| ())
 }
 
