@@ -70,7 +70,8 @@ impl Env {
     pub async fn with_url(url: String) -> Env {
         init_logs();
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let redis = Builder::from_config(Config::from_url(&url).expect("valid test redis url")).build().expect("client");
+        let redis =
+            Builder::from_config(Config::from_url(&url).expect("valid test redis url")).build().expect("client");
         redis.init().await.expect("the test Redis must be running (see README)");
         Env { keys: Keys::new(&prefix).expect("valid prefix"), prefix, url, redis, services: Vec::new() }
     }
@@ -93,7 +94,8 @@ impl Env {
 
     /// Starts a router in-process.
     pub fn start_router(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
-        let config = pgnm_router::RouterConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let config =
+            pgnm_router::RouterConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(pgnm_router::run(config, shutdown.clone()));
         self.push(Service { shutdown, handle })
@@ -101,7 +103,8 @@ impl Env {
 
     /// Starts a checker in-process.
     pub fn start_checker(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
-        let config = pgnm_checker::CheckerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let config =
+            pgnm_checker::CheckerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(pgnm_checker::run(config, shutdown.clone()));
         self.push(Service { shutdown, handle })
@@ -158,7 +161,14 @@ impl Env {
     }
 
     /// Builds a request envelope.
-    pub fn request(&self, id: &str, command: &str, args: Option<rmpv::Value>, reply_to: Option<&str>, timeout: Duration) -> Request {
+    pub fn request(
+        &self,
+        id: &str,
+        command: &str,
+        args: Option<rmpv::Value>,
+        reply_to: Option<&str>,
+        timeout: Duration,
+    ) -> Request {
         Request {
             version: PROTOCOL_VERSION,
             id: id.to_owned(),
@@ -186,7 +196,10 @@ impl Env {
     pub async fn replies(&self, stream: &str) -> Vec<Reply> {
         let entries: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
             self.redis.xrange(stream, "-", "+", None).await.expect("xrange");
-        entries.into_iter().filter_map(|(_, f)| f.get("m").map(|m| decode_reply(m).expect("a well-formed reply"))).collect()
+        entries
+            .into_iter()
+            .filter_map(|(_, f)| f.get("m").map(|m| decode_reply(m).expect("a well-formed reply")))
+            .collect()
     }
 
     /// Waits until `stream` holds at least `n` replies (or `patience` passes) and returns them.
@@ -235,7 +248,10 @@ impl Env {
         loop {
             let (next, keys): (String, Vec<String>) = self
                 .redis
-                .custom(fred::cmd!("SCAN"), vec![cursor.clone(), "MATCH".into(), pattern.clone(), "COUNT".into(), "1000".into()])
+                .custom(
+                    fred::cmd!("SCAN"),
+                    vec![cursor.clone(), "MATCH".into(), pattern.clone(), "COUNT".into(), "1000".into()],
+                )
                 .await
                 .expect("scan");
             if !keys.is_empty() {
@@ -256,7 +272,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `make test`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `make test`)",
+        path.display()
+    );
     path
 }
 

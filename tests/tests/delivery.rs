@@ -30,7 +30,11 @@ async fn a_killed_consumers_entry_is_reclaimed_and_answered_once() {
     let mut env = Env::new().await;
     env.start_router("router-1", fast_worker());
     // The first checker is a real process, killed with SIGKILL mid-command.
-    let mut doomed = spawn_binary(&env, "pgnm-checker", &[("PGNM_INSTANCE", "doomed".into()), ("PGNM_CLAIM_IDLE_MS", "1000".into())]);
+    let mut doomed = spawn_binary(
+        &env,
+        "pgnm-checker",
+        &[("PGNM_INSTANCE", "doomed".into()), ("PGNM_CLAIM_IDLE_MS", "1000".into())],
+    );
     let inbox = env.keys.inbox(pgnm_protocol::Role::Checker);
     env.wait_for_groups().await;
 
@@ -153,7 +157,11 @@ async fn a_poison_message_is_dead_lettered_and_its_caller_told() {
     // Consumers that read it and died, again and again: six deliveries.
     let _: Value = env.redis.xreadgroup("checker", "ghost", None, None, false, inbox.as_str(), ">").await.unwrap();
     for _ in 0..5 {
-        let _: Value = env.redis.xclaim(inbox.as_str(), "checker", "ghost", 0, entry.as_str(), None, None, None, false, false).await.unwrap();
+        let _: Value = env
+            .redis
+            .xclaim(inbox.as_str(), "checker", "ghost", 0, entry.as_str(), None, None, None, false, false)
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.start_checker("checker-1", fast_worker());
@@ -172,7 +180,11 @@ async fn a_poison_message_is_dead_lettered_and_its_caller_told() {
 async fn trimming_never_drops_an_unacknowledged_entry() {
     let env = Env::new().await;
     let bus = env.bus("janitor").await;
-    let source = pgnm_bus::worker::Source { stream: format!("{}:trim", env.prefix), group: "g".into(), dead_letter: format!("{}:trim-dlq", env.prefix) };
+    let source = pgnm_bus::worker::Source {
+        stream: format!("{}:trim", env.prefix),
+        group: "g".into(),
+        dead_letter: format!("{}:trim-dlq", env.prefix),
+    };
     let _: Value = env.redis.xgroup_create(source.stream.as_str(), "g", "0", true).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..30u32 {
@@ -180,11 +192,13 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
     }
     // 20 delivered; of them all but #5 and #12 acknowledged; 10 never delivered.
     let _: Value = env.redis.xreadgroup("g", "c", Some(20), None, false, source.stream.as_str(), ">").await.unwrap();
-    let acked: Vec<&str> = ids[..20].iter().enumerate().filter(|(i, _)| *i != 5 && *i != 12).map(|(_, id)| id.as_str()).collect();
+    let acked: Vec<&str> =
+        ids[..20].iter().enumerate().filter(|(i, _)| *i != 5 && *i != 12).map(|(_, id)| id.as_str()).collect();
     let _: i64 = env.redis.xack(source.stream.as_str(), "g", acked).await.unwrap();
 
     pgnm_bus::worker::trim(&bus, &source).await.expect("trim");
-    let left: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> = env.redis.xrange(source.stream.as_str(), "-", "+", None).await.unwrap();
+    let left: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
+        env.redis.xrange(source.stream.as_str(), "-", "+", None).await.unwrap();
     let left: Vec<&str> = left.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(left.first().copied(), Some(ids[5].as_str()), "entries below the oldest pending one go");
     assert!(left.contains(&ids[12].as_str()));
@@ -203,7 +217,8 @@ async fn shutdown_drains_in_flight_work() {
     env.start_all().await;
     let replies = env.raw_reply_stream("drain").await;
     for i in 0..5 {
-        let mut request = env.request(&format!("drain-{i}"), "ping", ping_args(500), Some(&replies), Duration::from_secs(10));
+        let mut request =
+            env.request(&format!("drain-{i}"), "ping", ping_args(500), Some(&replies), Duration::from_secs(10));
         request.role = Some("checker".into());
         env.send(&request).await;
     }

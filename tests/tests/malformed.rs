@@ -18,9 +18,7 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
     env.start_all().await;
     let replies = env.raw_reply_stream("bad").await;
     let deadline = pgnm_protocol::now_ms() + 30_000;
-    let good = |id: &str, command: &str| {
-        json!({"version": 1, "id": id, "command": command, "replyTo": replies, "deadline": deadline, "caller": "tests"})
-    };
+    let good = |id: &str, command: &str| json!({"version": 1, "id": id, "command": command, "replyTo": replies, "deadline": deadline, "caller": "tests"});
 
     // (request id, payload, expected code) — each answered on the reply stream.
     let mut wrong_type = good("wrong-type", "ping");
@@ -59,7 +57,10 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
     let mut hijack = good("hijack", "ping");
     hijack["replyTo"] = json!(env.keys.inbox(Role::Checker));
     env.xadd_raw(&env.keys.ingress(), msgpack(hijack)).await;
-    let _: String = fred::prelude::StreamsInterface::xadd(&env.redis, env.keys.ingress(), false, None, "*", ("other", "field")).await.unwrap();
+    let _: String =
+        fred::prelude::StreamsInterface::xadd(&env.redis, env.keys.ingress(), false, None, "*", ("other", "field"))
+            .await
+            .unwrap();
 
     let got = env.wait_replies(&replies, answered.len(), Duration::from_secs(10)).await;
     assert_eq!(got.len(), answered.len(), "{got:#?}");
@@ -69,7 +70,8 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
         assert_eq!(error.code, *code, "{id}: {}", error.message);
         assert!(!error.message.is_empty());
     }
-    let messages: Vec<(&str, &str)> = got.iter().map(|r| (r.id.as_str(), r.error.as_ref().unwrap().message.as_str())).collect();
+    let messages: Vec<(&str, &str)> =
+        got.iter().map(|r| (r.id.as_str(), r.error.as_ref().unwrap().message.as_str())).collect();
     let message = |id: &str| messages.iter().find(|(i, _)| *i == id).unwrap().1;
     assert!(message("bad-args").contains("args.delayMs"), "{}", message("bad-args"));
     assert!(message("missing-field").contains("caller"), "{}", message("missing-field"));

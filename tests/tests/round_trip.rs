@@ -9,7 +9,7 @@ use pgnm_protocol::{ErrorCode, Role};
 use pgnm_tests::{Env, binary};
 
 fn ping_result(value: &rmpv::Value) -> PingResult {
-    rmpv::ext::from_value(value.clone()).expect("a ping result")
+    pgnm_protocol::decode_data(value).expect("a ping result")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,10 +345,10 @@ pub async fn give_up(bus: &Bus, store_as: Option<(Role, Duration)>, delivery: &D
             warn!(error = %e, "cannot store the dead-letter reply");
         }
     }
-    if let Some(to) = header.reply_to.filter(|to| bus.keys().check_reply_stream(to).is_ok()) {
-        if let Err(e) = send_reply(bus, &to, &reply).await {
-            warn!(error = %e, "cannot tell the caller about the dead letter");
-        }
+    if let Some(to) = header.reply_to.filter(|to| bus.keys().check_reply_stream(to).is_ok())
+        && let Err(e) = send_reply(bus, &to, &reply).await
+    {
+        warn!(error = %e, "cannot tell the caller about the dead letter");
     }
 }
 

@@ -181,24 +181,20 @@ async fn read_loop<H: EntryHandler>(
 ) {
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
-        // Wait for one free slot, then take every other free one: COUNT = free slots.
+        // Wait for one free slot and read as many entries as there are free slots.
+        // Only that one slot is held while the read blocks, so the reclaimer can
+        // still take slots meanwhile; the others are taken once entries arrive.
         let first = tokio::select! {
             permit = shared.slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             _ = shutdown.cancelled() => break,
         };
-        let mut permits = vec![first];
-        while let Ok(p) = shared.slots.clone().try_acquire_owned() {
-            permits.push(p);
-            if permits.len() >= 1000 {
-                break;
-            }
-        }
+        let count = (1 + shared.slots.available_permits()).min(1000);
         let args = vec![
             Value::from("GROUP"),
             Value::from(shared.source.group.as_str()),
             Value::from(shared.bus.instance()),
             Value::from("COUNT"),
-            Value::from(permits.len() as i64),
+            Value::from(count as i64),
             Value::from("BLOCK"),
             Value::from(block.as_millis() as i64),
             Value::from("STREAMS"),
@@ -209,8 +205,13 @@ async fn read_loop<H: EntryHandler>(
         match read {
             Ok(v) => {
                 backoff = Duration::from_millis(50);
-                for entry in resp::read_reply(v) {
-                    let permit = permits.pop().expect("never more entries than COUNT");
+                let entries = resp::read_reply(v);
+                let mut permit = Some(first);
+                for entry in entries {
+                    let permit = match permit.take() {
+                        Some(p) => p,
+                        None => shared.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed"),
+                    };
                     spawn_entry(shared, entry, 1, permit);
                 }
             }

@@ -79,6 +79,13 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
     rmp_serde::from_slice(bytes).map_err(DecodeError)
 }
 
+/// Converts a reply's generic result into a command's typed result.
+pub fn decode_data<T: DeserializeOwned>(data: &rmpv::Value) -> Result<T, DecodeError> {
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, data).expect("writing to a Vec cannot fail");
+    rmp_serde::from_slice(&bytes).map_err(DecodeError)
+}
+
 /// Encodes a command's result for [`ReplyBody::Data`].
 pub fn encode_data<T: Serialize>(value: &T) -> Result<Vec<u8>, ErrorBody> {
     rmp_serde::to_vec_named(value).map_err(|e| ErrorBody::internal(format!("encoding the result: {e}")))
@@ -142,7 +149,12 @@ pub fn decode_args<T: DeserializeOwned>(args: rmpv::Value) -> Result<T, ErrorBod
         rmpv::Value::Map(m) => rmpv::Value::Map(m),
         other => return Err(ErrorBody::bad_request(format!("args: expected a map, found {}", kind(&other)))),
     };
-    serde_path_to_error::deserialize(args).map_err(|e| {
+    // Through bytes rather than rmpv's own deserializer, which does not read enums
+    // in the form rmp-serde writes them (a plain string for a unit variant).
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &args).map_err(|e| ErrorBody::internal(format!("re-encoding args: {e}")))?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { "args".to_owned() } else { format!("args.{path}") };
         ErrorBody::bad_request(format!("{path}: {}", e.inner()))

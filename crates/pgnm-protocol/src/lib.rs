@@ -16,8 +16,8 @@ pub mod ping;
 pub mod schema;
 
 pub use codec::{
-    DecodeError, ENTRY_FIELD, decode_args, decode_header, decode_reply, decode_request, encode_data, encode_reply,
-    encode_request,
+    DecodeError, ENTRY_FIELD, decode_args, decode_data, decode_header, decode_reply, decode_request, encode_data,
+    encode_reply, encode_request,
 };
 pub use command::{Command, Role, Route, RouteError};
 pub use deadline::{Deadline, now_ms};

@@ -29,7 +29,11 @@ pub struct LogArgs {
 pub fn init_logging(args: &LogArgs) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.filter)
         .map_err(|e| format!("invalid log filter {:?}: {e}", args.filter))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (its reader is gone) is dropped: the
+    // default reports it with `eprintln!`, which panics on a closed stderr and
+    // would take the panicking task (the signal listener, say) with it.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     let result = match args.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -90,7 +94,8 @@ pub fn parse_millis(s: &str) -> Result<Duration, String> {
 #[allow(clippy::print_stderr)]
 pub fn exit_on_error(binary: &str, result: anyhow::Result<()>) {
     if let Err(e) = result {
-        eprintln!("{binary}: {e:#}");
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{binary}: {e:#}");
         std::process::exit(1);
     }
 }

@@ -1,0 +1,42 @@
+# pgnm — the two commands a newcomer needs are `make run` and `make test`.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(CURDIR)/$(VENV)/bin/python
+
+.PHONY: help build run test fmt lint schemas bench clean-run
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+build: ## Build every binary (debug)
+	cargo build --workspace --bins
+
+run: ## Start the whole system on this machine (Redis and PostgreSQL included)
+	./scripts/run-local.sh
+
+test: $(VENV)/.ready ## fmt check, clippy -D warnings, then every test
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo build --workspace --bins
+	PGNM_PYTHON=$(VENV_PY) cargo nextest run --workspace
+
+fmt: ## Format the code
+	cargo fmt --all
+
+lint: ## Clippy with warnings denied
+	cargo clippy --workspace --all-targets -- -D warnings
+
+schemas: ## Regenerate proto-schemas/*.json from the Rust types
+	PGNM_BLESS=1 cargo nextest run -p pgnm-tests --test schemas committed_schemas_match
+
+bench: ## Print throughput and latency figures (release build)
+	cargo build --release --workspace --bins
+	./target/release/pgnm-bench
+
+# The Python tools the tests use (the proto-schemas example's redis + msgpack).
+$(VENV)/.ready: proto-schemas/examples/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r proto-schemas/examples/requirements.txt
+	touch $@
