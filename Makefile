@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VENV_PY := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: help build run test fmt lint schemas bench clean-run
+.PHONY: help build run test fmt lint schemas bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ schemas: ## Regenerate proto-schemas/*.json from the Rust types
 
 bench: ## Print throughput and latency figures (release build)
 	cargo build --release --workspace --bins
-	./target/release/pgnm-bench
+	cargo run --quiet --release -p pgnm-bench
 
 # The Python tools the tests use (the proto-schemas example's redis + msgpack).
 $(VENV)/.ready: proto-schemas/examples/requirements.txt

@@ -70,8 +70,9 @@ impl Env {
     pub async fn with_url(url: String) -> Env {
         init_logs();
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let redis =
-            Builder::from_config(Config::from_url(&url).expect("valid test redis url")).build().expect("client");
+        let mut builder = Builder::from_config(Config::from_url(&url).expect("valid test redis url"));
+        builder.set_policy(ReconnectPolicy::new_constant(0, 100));
+        let redis = builder.build().expect("client");
         redis.init().await.expect("the test Redis must be running (see README)");
         Env { keys: Keys::new(&prefix).expect("valid prefix"), prefix, url, redis, services: Vec::new() }
     }
@@ -287,11 +288,73 @@ pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::p
         .env("PGNM_PREFIX", &env.prefix)
         .env("PGNM_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true);
     for (k, v) in extra {
         cmd.env(k, v);
     }
     cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// A Redis server of the test's own on a free loopback port, without persistence,
+/// that the test may kill and start again (a Redis restart loses every key).
+#[derive(Debug)]
+pub struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free port and waits until it answers.
+    pub async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.spawn().await;
+        redis
+    }
+
+    /// Returns the server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL, as a crash would) and starts a fresh one on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

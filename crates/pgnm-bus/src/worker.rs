@@ -260,10 +260,9 @@ fn spawn_entry<H: EntryHandler>(
     shared.tracker.spawn(async move {
         let shared = shared2;
         let delivery = Delivery { entry_id: entry.id.clone(), payload: entry.payload, deliveries };
-        let disposition = if deliveries > shared.args.max_deliveries {
-            let reason = format!("delivered {deliveries} times without being answered");
-            shared.handler.give_up(&delivery, &reason).await;
-            Disposition::DeadLetter(reason)
+        let exhausted = deliveries > shared.args.max_deliveries;
+        let disposition = if exhausted {
+            Disposition::DeadLetter(format!("delivered {deliveries} times without being answered"))
         } else {
             shared.handler.handle(delivery.clone()).await
         };
@@ -275,6 +274,10 @@ fn spawn_entry<H: EntryHandler>(
                 warn!(stream = %shared.source.stream, entry = %entry.id, %reason, "entry moved to the dead-letter stream");
                 match dead_letter(&shared, &delivery, &reason).await {
                     Ok(()) => {
+                        // The caller hears of it once the dead letter is there to be found.
+                        if exhausted {
+                            shared.handler.give_up(&delivery, &reason).await;
+                        }
                         let _ = shared.acks.send(entry.id.clone());
                     }
                     Err(e) => warn!(error = %e, entry = %entry.id, "cannot write the dead letter; the entry stays pending"),
