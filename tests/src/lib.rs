@@ -40,6 +40,11 @@ pub struct Env {
     pub keys: Keys,
     /// A plain client for raw access.
     pub redis: Client,
+    /// Database settings: the test database, with this installation's own schema
+    /// (migrated) on the search path.
+    pub db: pgnm_store::DbArgs,
+    /// The schema.
+    pub schema: String,
     services: Vec<Service>,
 }
 
@@ -49,7 +54,7 @@ pub struct Service {
     /// Cancelling it starts the service's drain.
     pub shutdown: CancellationToken,
     /// Ends when the service has stopped.
-    pub handle: JoinHandle<Result<(), pgnm_bus::BusError>>,
+    pub handle: JoinHandle<Result<(), String>>,
 }
 
 impl Service {
@@ -74,7 +79,12 @@ impl Env {
         builder.set_policy(ReconnectPolicy::new_constant(0, 100));
         let redis = builder.build().expect("client");
         redis.init().await.expect("the test Redis must be running (see README)");
-        Env { keys: Keys::new(&prefix).expect("valid prefix"), prefix, url, redis, services: Vec::new() }
+        let schema = prefix.clone();
+        let admin = pg_connect(&database_url()).await;
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create the test schema");
+        let db = pgnm_store::DbArgs::new(format!("{}?options=-c%20search_path%3D{schema}", database_url()));
+        pgnm_store::Store::new(&db).expect("db settings").migrate().await.expect("migrate the test schema");
+        Env { keys: Keys::new(&prefix).expect("valid prefix"), prefix, url, redis, db, schema, services: Vec::new() }
     }
 
     /// Returns Redis settings for this installation.
@@ -98,16 +108,33 @@ impl Env {
         let config =
             pgnm_router::RouterConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(pgnm_router::run(config, shutdown.clone()));
+        let handle = spawn_service("router", pgnm_router::run(config, shutdown.clone()));
         self.push(Service { shutdown, handle })
+    }
+
+    /// Returns checker settings for this installation (its Redis prefix and database schema).
+    pub fn checker_config(&self, instance: &str, worker: WorkerArgs) -> pgnm_checker::CheckerConfig {
+        pgnm_checker::CheckerConfig {
+            redis: self.redis_args(),
+            worker,
+            db: self.db.clone(),
+            instance: Some(instance.to_owned()),
+            nodes_file: None,
+            chains_file: None,
+            allow_secret_reveal: false,
+        }
     }
 
     /// Starts a checker in-process.
     pub fn start_checker(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
-        let config =
-            pgnm_checker::CheckerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let config = self.checker_config(instance, worker);
+        self.start_checker_with(config)
+    }
+
+    /// Starts a checker in-process with `config`.
+    pub fn start_checker_with(&mut self, config: pgnm_checker::CheckerConfig) -> &Service {
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(pgnm_checker::run(config, shutdown.clone()));
+        let handle = spawn_service("checker", pgnm_checker::run(config, shutdown.clone()));
         self.push(Service { shutdown, handle })
     }
 
@@ -116,7 +143,7 @@ impl Env {
         let config =
             pgnm_scheduler::SchedulerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(pgnm_scheduler::run(config, shutdown.clone()));
+        let handle = spawn_service("scheduler", pgnm_scheduler::run(config, shutdown.clone()));
         self.push(Service { shutdown, handle })
     }
 
@@ -264,7 +291,39 @@ impl Env {
             cursor = next;
         }
         let _ = self.redis.quit().await;
+        let admin = pg_connect(&database_url()).await;
+        let _ = admin.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema)).await;
     }
+
+    /// Returns a plain database connection with this installation's schema on the path.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        pg_connect(&self.db.url).await
+    }
+}
+
+/// Returns the database the tests use (`PGNM_TEST_DATABASE_URL`, else the local `test` database).
+pub fn database_url() -> String {
+    std::env::var("PGNM_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("the test PostgreSQL must be running (see README): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+fn spawn_service<E: std::fmt::Display>(
+    name: &'static str,
+    run: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        run.await.map_err(|e| {
+            tracing::error!(service = name, error = %e, "service failed");
+            format!("{name}: {e}")
+        })
+    })
 }
 
 /// Returns the path of one of the workspace's binaries, built by `make test`
@@ -286,6 +345,7 @@ pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::p
     let mut cmd = tokio::process::Command::new(binary(name));
     cmd.env("PGNM_REDIS_URL", &env.url)
         .env("PGNM_PREFIX", &env.prefix)
+        .env("PGNM_DATABASE_URL", &env.db.url)
         .env("PGNM_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -135,3 +135,11 @@ fn print_reply(command: &str, reply: &Reply, elapsed: Duration, json: bool) -> E
     }
     if reply.error.is_some() { ExitCode::from(EXIT_ERROR_REPLY) } else { ExitCode::SUCCESS }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

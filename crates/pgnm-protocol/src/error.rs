@@ -16,6 +16,8 @@ pub enum ErrorCode {
     NotFound,
     /// The command conflicts with the current state (duplicate, stale revision).
     Conflict,
+    /// The deployment does not allow what the request asks (revealing credentials).
+    Forbidden,
     /// The request's deadline passed before it could be answered.
     DeadlineExceeded,
     /// No node of the requested type is eligible right now.
@@ -32,11 +34,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
+        ErrorCode::Forbidden,
         ErrorCode::DeadlineExceeded,
         ErrorCode::NoHealthyNode,
         ErrorCode::Unavailable,
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
             ErrorCode::NoHealthyNode => "NO_HEALTHY_NODE",
             ErrorCode::Unavailable => "UNAVAILABLE",

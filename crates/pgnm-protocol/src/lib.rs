@@ -12,6 +12,7 @@ mod deadline;
 mod envelope;
 mod error;
 mod keys;
+pub mod node;
 pub mod ping;
 pub mod schema;
 

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::command::Command;
 use crate::envelope::{Reply, Request};
 use crate::error::{ErrorBody, ErrorCode};
+use crate::node;
 use crate::ping::{PingArgs, PingResult};
 
 fn schema<T: schemars::JsonSchema>() -> Value {
@@ -21,10 +22,20 @@ pub fn all() -> Vec<(String, Value)> {
         ("error.schema.json".to_owned(), schema::<ErrorBody>()),
         ("commands.json".to_owned(), command_table()),
     ];
-    let typed: Vec<(Command, Value, Value)> = vec![(Command::Ping, schema::<PingArgs>(), schema::<PingResult>())];
-    for (cmd, args, result) in typed {
-        out.push((format!("commands/{cmd}.args.schema.json"), args));
-        out.push((format!("commands/{cmd}.result.schema.json"), result));
+    // (file stem, arguments, result); a command served differently by several
+    // roles is named `<command>.<role>`.
+    let typed: Vec<(String, Value, Value)> = vec![
+        (Command::Ping.to_string(), schema::<PingArgs>(), schema::<PingResult>()),
+        (Command::AddNode.to_string(), schema::<node::AddNodeArgs>(), schema::<node::NodeView>()),
+        (Command::RmNode.to_string(), schema::<node::RmNodeArgs>(), schema::<node::NodeView>()),
+        (Command::UpdateNode.to_string(), schema::<node::UpdateNodeArgs>(), schema::<node::NodeView>()),
+        (Command::GetNodeConfig.to_string(), schema::<node::GetNodeConfigArgs>(), schema::<node::NodeView>()),
+        (Command::GetNodes.to_string(), schema::<node::GetNodesArgs>(), schema::<node::GetNodesResult>()),
+        ("bootstrap.checker".to_owned(), schema::<node::BootstrapArgs>(), schema::<node::BootstrapResult>()),
+    ];
+    for (stem, args, result) in typed {
+        out.push((format!("commands/{stem}.args.schema.json"), args));
+        out.push((format!("commands/{stem}.result.schema.json"), result));
     }
     out
 }

@@ -23,3 +23,11 @@ async fn main() {
     };
     pgnm_runtime::exit_on_error("pgnm-router", result.await);
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
