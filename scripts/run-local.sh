@@ -81,8 +81,15 @@ fi
 # --- The services ------------------------------------------------------------
 export PGNM_PREFIX="${PGNM_PREFIX:-pgnm-local}"
 export PGNM_LOG="${PGNM_LOG:-info}"
+export PGNM_NODES_FILE="${PGNM_NODES_FILE:-$PWD/deploy/nodes.example.yaml}"
+export PGNM_ALLOW_SECRET_REVEAL="${PGNM_ALLOW_SECRET_REVEAL:-true}"
+# The example nodes file references these; real deployments set them from a Secret.
+export BTC_RPC_PASSWORD="${BTC_RPC_PASSWORD:-pgnm-local}"
+export ETH_PROVIDER_KEY="${ETH_PROVIDER_KEY:-local-placeholder-key}"
 cargo build --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/debug"
+
+"$bin/pgnm-checker" migrate
 
 for svc in router checker scheduler; do
     (PGNM_INSTANCE="$svc-1" exec "$bin/pgnm-$svc") > >(sed -u "s/^/[$svc] /") 2>&1 &
@@ -90,6 +97,7 @@ for svc in router checker scheduler; do
 done
 
 say "pgnm is running under prefix $PGNM_PREFIX; logs below, Ctrl-C stops everything."
-say "try, in another shell:  PGNM_REDIS_URL=$PGNM_REDIS_URL PGNM_PREFIX=$PGNM_PREFIX $bin/pgnm call ping"
+say "try, in another shell:  export PGNM_REDIS_URL=$PGNM_REDIS_URL PGNM_PREFIX=$PGNM_PREFIX"
+say "                         $bin/pgnm call ping;  $bin/pgnm nodes list"
 wait -n "${PIDS[@]}" || true
 say "a process exited; stopping the rest"

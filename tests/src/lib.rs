@@ -46,6 +46,7 @@ pub struct Env {
     /// The schema.
     pub schema: String,
     services: Vec<Service>,
+    roles: Vec<pgnm_protocol::Role>,
 }
 
 /// A service started in-process.
@@ -84,7 +85,16 @@ impl Env {
         admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create the test schema");
         let db = pgnm_store::DbArgs::new(format!("{}?options=-c%20search_path%3D{schema}", database_url()));
         pgnm_store::Store::new(&db).expect("db settings").migrate().await.expect("migrate the test schema");
-        Env { keys: Keys::new(&prefix).expect("valid prefix"), prefix, url, redis, db, schema, services: Vec::new() }
+        Env {
+            keys: Keys::new(&prefix).expect("valid prefix"),
+            prefix,
+            url,
+            redis,
+            db,
+            schema,
+            services: Vec::new(),
+            roles: Vec::new(),
+        }
     }
 
     /// Returns Redis settings for this installation.
@@ -109,6 +119,7 @@ impl Env {
             pgnm_router::RouterConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
         let shutdown = CancellationToken::new();
         let handle = spawn_service("router", pgnm_router::run(config, shutdown.clone()));
+        self.roles.push(pgnm_protocol::Role::Router);
         self.push(Service { shutdown, handle })
     }
 
@@ -135,6 +146,7 @@ impl Env {
     pub fn start_checker_with(&mut self, config: pgnm_checker::CheckerConfig) -> &Service {
         let shutdown = CancellationToken::new();
         let handle = spawn_service("checker", pgnm_checker::run(config, shutdown.clone()));
+        self.roles.push(pgnm_protocol::Role::Checker);
         self.push(Service { shutdown, handle })
     }
 
@@ -144,6 +156,7 @@ impl Env {
             pgnm_scheduler::SchedulerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
         let shutdown = CancellationToken::new();
         let handle = spawn_service("scheduler", pgnm_scheduler::run(config, shutdown.clone()));
+        self.roles.push(pgnm_protocol::Role::Scheduler);
         self.push(Service { shutdown, handle })
     }
 
@@ -165,18 +178,24 @@ impl Env {
         std::mem::take(&mut self.services)
     }
 
-    /// Waits until the router, checker and scheduler groups exist.
+    /// Waits until the consumer groups of the roles started in-process exist.
     pub async fn wait_for_groups(&self) {
-        for role in ["router", "checker", "scheduler"] {
-            let stream = format!("{{{}:{}}}:in", self.prefix, role);
-            for _ in 0..100 {
-                let groups: Result<Vec<Value>, _> = self.redis.xinfo_groups(stream.as_str()).await;
-                if groups.is_ok_and(|g| !g.is_empty()) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        for role in self.roles.clone() {
+            self.wait_for_group(role).await;
         }
+    }
+
+    /// Waits until `role`'s consumer group exists (its first replica is up).
+    pub async fn wait_for_group(&self, role: pgnm_protocol::Role) {
+        let stream = self.keys.inbox(role);
+        for _ in 0..200 {
+            let groups: Result<Vec<Value>, _> = self.redis.xinfo_groups(stream.as_str()).await;
+            if groups.is_ok_and(|g| !g.is_empty()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the {role} group did not appear within 5 s");
     }
 
     /// Creates a raw reply stream for this test (as a non-Rust caller would) and
@@ -350,6 +369,31 @@ pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::p
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// Starts one of the workspace's binaries like [`spawn_binary`], its standard
+/// error (the logs) written to `log`.
+pub fn spawn_binary_logged(
+    env: &Env,
+    name: &str,
+    extra: &[(&str, String)],
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let file = std::fs::File::create(log).expect("create the log file");
+    let mut cmd = tokio::process::Command::new(binary(name));
+    cmd.env("PGNM_REDIS_URL", &env.url)
+        .env("PGNM_PREFIX", &env.prefix)
+        .env("PGNM_DATABASE_URL", &env.db.url)
+        .env("PGNM_LOG", "warn")
+        .env("PGNM_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
         .kill_on_drop(true);
     for (k, v) in extra {
         cmd.env(k, v);

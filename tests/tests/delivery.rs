@@ -37,6 +37,7 @@ async fn a_killed_consumers_entry_is_reclaimed_and_answered_once() {
     );
     let inbox = env.keys.inbox(pgnm_protocol::Role::Checker);
     env.wait_for_groups().await;
+    env.wait_for_group(pgnm_protocol::Role::Checker).await;
 
     let replies = env.raw_reply_stream("reclaim").await;
     let mut request = env.request("reclaim-1", "ping", ping_args(3000), Some(&replies), Duration::from_secs(30));

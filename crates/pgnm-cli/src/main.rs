@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use pgnm_bus::{Bus, CallError, CallSpec, Caller, RedisArgs};
 use pgnm_protocol::{Reply, Role};
 
+mod nodes;
+
 /// Exit status when the command was answered with an error.
 const EXIT_ERROR_REPLY: u8 = 1;
 /// Exit status when no answer came (transport failure or deadline).
@@ -48,6 +50,9 @@ enum Cmd {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Manage the node registry.
+    #[command(subcommand)]
+    Nodes(nodes::NodesCmd),
 }
 
 #[tokio::main]
@@ -66,30 +71,79 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let Cmd::Call { command, role, args, id } = cli.command;
-    let role =
-        role.map(|r| r.parse::<Role>().map_err(|_| anyhow::anyhow!("--role: unknown role {r:?}"))).transpose()?;
-    let args: Option<serde_json::Value> =
-        args.map(|a| serde_json::from_str(&a).with_context(|| format!("--args: not valid JSON: {a}"))).transpose()?;
-    if args.as_ref().is_some_and(|a| !a.is_object()) {
-        anyhow::bail!("--args: must be a JSON object");
-    }
     let instance = format!("cli-{}", uuid::Uuid::new_v4().simple());
-    let bus = Bus::connect(&cli.redis, &instance).await?;
-    let caller = Caller::start(bus, &user()).await?;
-    let mut spec = CallSpec::new(&command, Duration::from_millis(cli.timeout)).args(args);
-    spec.role = role;
-    spec.id = id;
-    let started = Instant::now();
-    let outcome = caller.call(spec).await;
-    let elapsed = started.elapsed();
-    caller.close().await;
-    match outcome {
-        Ok(reply) => Ok(print_reply(&command, &reply, elapsed, cli.json)),
-        Err(CallError::DeadlineExceeded { id }) => {
-            anyhow::bail!("no reply to {command} (request {id}) within {} ms; is the router running?", cli.timeout)
+    let timeout = Duration::from_millis(cli.timeout);
+    match cli.command {
+        Cmd::Call { command, role, args, id } => {
+            let role = role
+                .map(|r| r.parse::<Role>().map_err(|_| anyhow::anyhow!("--role: unknown role {r:?}")))
+                .transpose()?;
+            let args: Option<serde_json::Value> = args
+                .map(|a| serde_json::from_str(&a).with_context(|| format!("--args: not valid JSON: {a}")))
+                .transpose()?;
+            if args.as_ref().is_some_and(|a| !a.is_object()) {
+                anyhow::bail!("--args: must be a JSON object");
+            }
+            let client = Client::connect(&cli.redis, &instance, timeout).await?;
+            let started = Instant::now();
+            let outcome = client.call_with_id(&command, role, args, id).await;
+            let elapsed = started.elapsed();
+            client.close().await;
+            Ok(print_reply(&command, &outcome?, elapsed, cli.json))
         }
-        Err(e) => Err(e.into()),
+        Cmd::Nodes(cmd) => {
+            let client = Client::connect(&cli.redis, &instance, timeout).await?;
+            let outcome = nodes::run(&client, cmd, cli.json).await;
+            client.close().await;
+            outcome
+        }
+    }
+}
+
+/// A connection to the installation: a caller with its reply stream.
+pub(crate) struct Client {
+    caller: Caller,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn connect(redis: &RedisArgs, instance: &str, timeout: Duration) -> anyhow::Result<Client> {
+        let bus = Bus::connect(redis, instance).await?;
+        Ok(Client { caller: Caller::start(bus, &user()).await?, timeout })
+    }
+
+    /// Sends `command` and returns its reply.
+    pub(crate) async fn call(
+        &self,
+        command: &str,
+        role: Option<Role>,
+        args: Option<serde_json::Value>,
+    ) -> anyhow::Result<Reply> {
+        self.call_with_id(command, role, args, None).await
+    }
+
+    async fn call_with_id(
+        &self,
+        command: &str,
+        role: Option<Role>,
+        args: Option<serde_json::Value>,
+        id: Option<String>,
+    ) -> anyhow::Result<Reply> {
+        let mut spec = CallSpec::new(command, self.timeout).args(args);
+        spec.role = role;
+        spec.id = id;
+        match self.caller.call(spec).await {
+            Ok(reply) => Ok(reply),
+            Err(CallError::DeadlineExceeded { id }) => anyhow::bail!(
+                "no reply to {command} (request {id}) within {} ms; is the router running?",
+                self.timeout.as_millis()
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn close(self) {
+        self.caller.close().await;
     }
 }
 
@@ -98,12 +152,12 @@ fn user() -> String {
     format!("pgnm-cli:{name}")
 }
 
-fn to_json(v: &rmpv::Value) -> serde_json::Value {
+pub(crate) fn to_json(v: &rmpv::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
 #[allow(clippy::print_stdout)]
-fn print_reply(command: &str, reply: &Reply, elapsed: Duration, json: bool) -> ExitCode {
+pub(crate) fn print_reply(command: &str, reply: &Reply, elapsed: Duration, json: bool) -> ExitCode {
     let ms = elapsed.as_secs_f64() * 1000.0;
     if json {
         let mut out = serde_json::json!({ "id": reply.id, "instance": reply.instance });

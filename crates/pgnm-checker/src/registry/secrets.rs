@@ -138,6 +138,43 @@ pub fn redact_spec(spec: &NodeSpec) -> NodeSpec {
     out
 }
 
+/// A node's endpoint with every reference resolved: what a probe uses, and
+/// nothing else ever sees.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The URL, credentials included.
+    pub url: String,
+    /// HTTP basic credentials.
+    pub basic: Option<(String, String)>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("url", &redact_url(&self.url)).finish_non_exhaustive()
+    }
+}
+
+/// Resolves a node's configuration into the endpoint a probe calls, reading
+/// the referenced variables through `lookup`; the error names the field.
+pub fn resolve_endpoint(spec: &NodeSpec, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Endpoint, String> {
+    let url = resolve(&spec.url, lookup).map_err(|e| format!("url: {e}"))?;
+    let basic = match &spec.auth {
+        Some(a) => Some((
+            resolve(&a.username, lookup).map_err(|e| format!("auth.username: {e}"))?,
+            resolve(&a.password, lookup).map_err(|e| format!("auth.password: {e}"))?,
+        )),
+        None => None,
+    };
+    let headers = spec
+        .headers
+        .iter()
+        .map(|(k, v)| resolve(v, lookup).map(|v| (k.clone(), v)).map_err(|e| format!("headers.{k}: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(Endpoint { url, basic, headers })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +187,27 @@ mod tests {
         let lookup = |n: &str| (n == "PASS").then(|| "s3cret".to_owned());
         assert_eq!(resolve("a:${PASS}@b", &lookup).unwrap(), "a:s3cret@b");
         assert_eq!(resolve("${NOPE}", &lookup).unwrap_err(), "environment variable NOPE is not set");
+    }
+
+    #[test]
+    fn endpoints_resolve_secrets_and_never_print_them() {
+        let spec: NodeSpec = serde_json::from_value(serde_json::json!({
+            "name": "n", "url": "https://rpc.example/v3/${KEY}",
+            "auth": {"username": "u", "password": "${PASS}"}, "headers": {"x-api-key": "${KEY}"}
+        }))
+        .unwrap();
+        let lookup = |n: &str| match n {
+            "KEY" => Some("k3y0123456789abcdef".to_owned()),
+            "PASS" => Some("pa55".to_owned()),
+            _ => None,
+        };
+        let e = resolve_endpoint(&spec, &lookup).unwrap();
+        assert_eq!(e.url, "https://rpc.example/v3/k3y0123456789abcdef");
+        assert_eq!(e.basic, Some(("u".to_owned(), "pa55".to_owned())));
+        assert_eq!(e.headers, [("x-api-key".to_owned(), "k3y0123456789abcdef".to_owned())]);
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("k3y0") && !shown.contains("pa55"), "{shown}");
+        assert_eq!(resolve_endpoint(&spec, &|_| None).unwrap_err(), "url: environment variable KEY is not set");
     }
 
     #[test]
