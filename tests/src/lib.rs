@@ -150,10 +150,30 @@ impl Env {
         self.push(Service { shutdown, handle })
     }
 
+    /// Returns scheduler settings for this installation; runs poll every 50 ms
+    /// and are leased for 2 s, so that takeovers happen within a test's patience.
+    pub fn scheduler_config(&self, instance: &str, worker: WorkerArgs) -> pgnm_scheduler::SchedulerConfig {
+        pgnm_scheduler::SchedulerConfig {
+            redis: self.redis_args(),
+            worker,
+            db: self.db.clone(),
+            instance: Some(instance.to_owned()),
+            poll_ms: 50,
+            lease_ms: 2_000,
+            check_shards: 2,
+            check_interval_ms: 1_000,
+            history_retention_secs: 3600,
+        }
+    }
+
     /// Starts a scheduler in-process.
     pub fn start_scheduler(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
-        let config =
-            pgnm_scheduler::SchedulerConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let config = self.scheduler_config(instance, worker);
+        self.start_scheduler_with(config)
+    }
+
+    /// Starts a scheduler in-process with `config`.
+    pub fn start_scheduler_with(&mut self, config: pgnm_scheduler::SchedulerConfig) -> &Service {
         let shutdown = CancellationToken::new();
         let handle = spawn_service("scheduler", pgnm_scheduler::run(config, shutdown.clone()));
         self.roles.push(pgnm_protocol::Role::Scheduler);

@@ -98,6 +98,8 @@ commands! {
     TaskUpdate = "taskUpdate" => [Scheduler],
     /// Removes a task.
     TaskRemove = "taskRemove" => [Scheduler],
+    /// Deletes finished history older than a retention period.
+    PruneHistory = "pruneHistory" => [Scheduler],
     /// Runs a health-check round.
     Check = "check" => [Checker],
     /// Checks one node now.

@@ -15,6 +15,7 @@ mod keys;
 pub mod node;
 pub mod ping;
 pub mod schema;
+pub mod task;
 
 pub use codec::{
     DecodeError, ENTRY_FIELD, decode_args, decode_data, decode_header, decode_reply, decode_request, encode_data,

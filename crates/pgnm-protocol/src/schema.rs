@@ -9,6 +9,13 @@ use crate::envelope::{Reply, Request};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::node;
 use crate::ping::{PingArgs, PingResult};
+use crate::task;
+
+/// Arguments of a command that takes none.
+#[derive(schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // only its schema is used
+struct Empty {}
 
 fn schema<T: schemars::JsonSchema>() -> Value {
     serde_json::to_value(schemars::schema_for!(T)).expect("a schema always converts to JSON")
@@ -32,6 +39,14 @@ pub fn all() -> Vec<(String, Value)> {
         (Command::GetNodeConfig.to_string(), schema::<node::GetNodeConfigArgs>(), schema::<node::NodeView>()),
         (Command::GetNodes.to_string(), schema::<node::GetNodesArgs>(), schema::<node::GetNodesResult>()),
         ("bootstrap.checker".to_owned(), schema::<node::BootstrapArgs>(), schema::<node::BootstrapResult>()),
+        ("bootstrap.scheduler".to_owned(), schema::<Empty>(), schema::<task::SchedulerBootstrapResult>()),
+        (Command::TaskList.to_string(), schema::<task::TaskListArgs>(), schema::<task::TaskListResult>()),
+        (Command::TaskAdd.to_string(), schema::<task::TaskAddArgs>(), schema::<task::TaskView>()),
+        (Command::TaskUpdate.to_string(), schema::<task::TaskUpdateArgs>(), schema::<task::TaskView>()),
+        (Command::TaskStop.to_string(), schema::<task::TaskName>(), schema::<task::TaskView>()),
+        (Command::TaskRemove.to_string(), schema::<task::TaskName>(), schema::<task::TaskView>()),
+        (Command::TaskRun.to_string(), schema::<task::TaskName>(), schema::<task::TaskRunResult>()),
+        (Command::PruneHistory.to_string(), schema::<task::PruneHistoryArgs>(), schema::<task::PruneHistoryResult>()),
     ];
     for (stem, args, result) in typed {
         out.push((format!("commands/{stem}.args.schema.json"), args));

@@ -6,6 +6,7 @@
 //! (`UNNEST`), not one per row.
 
 mod nodes;
+mod tasks;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio_postgres::NoTls;
 use tracing::info;
 
 pub use nodes::{NewNode, NodeFilter, NodeRow, SyncOutcome, UpdateOutcome, WriteError, changed_fields};
+pub use tasks::{ClaimedRun, RunOutcome, TaskRow, TaskWriteError};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
