@@ -458,3 +458,73 @@ async fn secrets_stay_out_of_replies_logs_and_rows() {
     caller.close().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_nodes_and_tasks() {
+    let mut env = Env::new().await;
+    env.start_all().await;
+    let pgnm = |args: &[&str]| {
+        let out = std::process::Command::new(pgnm_tests::binary("pgnm"))
+            .args(args)
+            .env("PGNM_REDIS_URL", &env.url)
+            .env("PGNM_PREFIX", &env.prefix)
+            .output()
+            .expect("run pgnm");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = pgnm(&[
+        "nodes",
+        "add",
+        "btc",
+        "btc-cli",
+        "http://rpc:pw@10.1.1.1:8332",
+        "--label",
+        "region=eu",
+        "--weight",
+        "7",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("added node btc-cli"), "{out}");
+    assert!(out.contains("http://rpc:***@10.1.1.1:8332"), "{out}");
+    let (code, out, _) = pgnm(&["nodes", "update", "btc-cli", "--priority", "2"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("revision 2"), "{out}");
+    let (code, out, _) = pgnm(&["nodes", "list"]);
+    assert_eq!(code, Some(0));
+    let header = out.lines().next().unwrap();
+    assert!(header.starts_with("ID") && header.contains("LABELS"), "{out}");
+    assert!(out.contains("btc-cli") && out.contains("region=eu") && out.contains("1 node(s)"), "{out}");
+    let (_, out, _) = pgnm(&["nodes", "list", "--json"]);
+    let page: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(page["nodes"][0]["config"]["weight"], 7);
+    assert_eq!(page["nodes"][0]["config"]["priority"], 2);
+    let (code, out, _) = pgnm(&["nodes", "add", "btc", "dup", "http://10.1.1.1:8332"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("CONFLICT"), "{out}");
+    let (code, _, _) = pgnm(&["nodes", "rm", "btc-cli"]);
+    assert_eq!(code, Some(0));
+    let (code, out, _) = pgnm(&["nodes", "show", "btc-cli"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("NOT_FOUND"), "{out}");
+
+    let (code, out, err) = pgnm(&["tasks", "add", "hello", "ping", "--role", "checker", "--every-ms", "60000"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, _) = pgnm(&["tasks", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines().any(|l| l.starts_with("hello") && l.contains("ping@checker") && l.contains("every 60000 ms")),
+        "{out}"
+    );
+    let (code, out, _) = pgnm(&["tasks", "add", "bad", "ping", "--cron", "whenever"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("args.cron"), "{out}");
+    let (code, out, _) = pgnm(&["tasks", "run", "hello"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("queued a run of hello"), "{out}");
+    env.finish().await;
+}

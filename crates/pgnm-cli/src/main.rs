@@ -9,7 +9,19 @@ use clap::{Parser, Subcommand};
 use pgnm_bus::{Bus, CallError, CallSpec, Caller, RedisArgs};
 use pgnm_protocol::{Reply, Role};
 
+/// Prints a line on standard output; a closed output (`pgnm ... | head`) ends
+/// the program quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod nodes;
+mod tasks;
 
 /// Exit status when the command was answered with an error.
 const EXIT_ERROR_REPLY: u8 = 1;
@@ -53,6 +65,9 @@ enum Cmd {
     /// Manage the node registry.
     #[command(subcommand)]
     Nodes(nodes::NodesCmd),
+    /// Manage the scheduler's tasks.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCmd),
 }
 
 #[tokio::main]
@@ -94,6 +109,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Nodes(cmd) => {
             let client = Client::connect(&cli.redis, &instance, timeout).await?;
             let outcome = nodes::run(&client, cmd, cli.json).await;
+            client.close().await;
+            outcome
+        }
+        Cmd::Tasks(cmd) => {
+            let client = Client::connect(&cli.redis, &instance, timeout).await?;
+            let outcome = tasks::run(&client, cmd, cli.json).await;
             client.close().await;
             outcome
         }
@@ -156,7 +177,6 @@ pub(crate) fn to_json(v: &rmpv::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-#[allow(clippy::print_stdout)]
 pub(crate) fn print_reply(command: &str, reply: &Reply, elapsed: Duration, json: bool) -> ExitCode {
     let ms = elapsed.as_secs_f64() * 1000.0;
     if json {
@@ -171,18 +191,18 @@ pub(crate) fn print_reply(command: &str, reply: &Reply, elapsed: Duration, json:
                 }
             }
         }
-        println!("{out}");
+        out!("{out}");
     } else {
         match reply.result() {
             Ok(data) => {
-                println!("ok: {command} answered by {} in {ms:.1} ms", reply.instance);
-                println!("{}", serde_json::to_string_pretty(&to_json(data)).unwrap_or_default());
+                out!("ok: {command} answered by {} in {ms:.1} ms", reply.instance);
+                out!("{}", serde_json::to_string_pretty(&to_json(data)).unwrap_or_default());
             }
             Err(e) => {
                 let retry = if e.retryable { "retryable" } else { "not retryable" };
-                println!("error {} ({retry}): {}", e.code, e.message);
+                out!("error {} ({retry}): {}", e.code, e.message);
                 if let Some(d) = &e.details {
-                    println!("{}", serde_json::to_string_pretty(&to_json(d)).unwrap_or_default());
+                    out!("{}", serde_json::to_string_pretty(&to_json(d)).unwrap_or_default());
                 }
             }
         }

@@ -1,8 +1,6 @@
 //! `pgnm nodes list|show|add|update|rm|bootstrap`: the registry commands with
 //! human output (tables) by default and the replies as JSON with `--json`.
 
-#![allow(clippy::print_stdout)] // printing is this module's job
-
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -251,9 +249,12 @@ pub async fn run(client: &Client, cmd: NodesCmd, json: bool) -> anyhow::Result<E
                 _ => "",
             };
             if !verb.is_empty() {
-                println!(
+                out!(
                     "{verb} node {} ({}), id {}, revision {}",
-                    node.config.name, node.node_hash, node.id, node.revision
+                    node.config.name,
+                    node.node_hash,
+                    node.id,
+                    node.revision
                 );
             }
             if command != "rmNode" {
@@ -294,7 +295,7 @@ async fn list(
         let page: GetNodesResult = pgnm_protocol::decode_data(&data)?;
         if json {
             // One page per line, as the replies come.
-            println!("{}", serde_json::to_string(&page)?);
+            out!("{}", serde_json::to_string(&page)?);
         } else {
             all.extend(page.nodes);
         }
@@ -306,7 +307,7 @@ async fn list(
     if !json {
         print_table(&all);
         if let Some(next) = after {
-            println!("(more: --after {next})");
+            out!("(more: --after {next})");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -341,42 +342,42 @@ fn print_table(nodes: &[NodeView]) {
     }
     for row in std::iter::once(&header).chain(&rows) {
         let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+        out!("{}", line.join("  ").trim_end());
     }
-    println!("{} node(s)", rows.len());
+    out!("{} node(s)", rows.len());
 }
 
 fn print_node(n: &NodeView) {
     let c = &n.config;
-    println!("id:         {}", n.id);
-    println!("nodeHash:   {}", n.node_hash);
-    println!("name:       {}", c.name);
-    println!("type:       {} ({})", n.node_type, n.family.as_str());
-    println!("url:        {}", c.url);
+    out!("id:         {}", n.id);
+    out!("nodeHash:   {}", n.node_hash);
+    out!("name:       {}", c.name);
+    out!("type:       {} ({})", n.node_type, n.family.as_str());
+    out!("url:        {}", c.url);
     if let Some(a) = &c.auth {
-        println!("auth:       {}:{}", a.username, a.password);
+        out!("auth:       {}:{}", a.username, a.password);
     }
     for (k, v) in &c.headers {
-        println!("header:     {k}: {v}");
+        out!("header:     {k}: {v}");
     }
-    println!("enabled:    {}", c.enabled);
-    println!("priority:   {}", c.priority);
-    println!("weight:     {}", c.weight);
-    println!("transport:  {}", c.transport.as_str());
-    println!("labels:     {}", labels_text(&c.labels));
+    out!("enabled:    {}", c.enabled);
+    out!("priority:   {}", c.priority);
+    out!("weight:     {}", c.weight);
+    out!("transport:  {}", c.transport.as_str());
+    out!("labels:     {}", labels_text(&c.labels));
     if let Some(t) = c.timeout_ms {
-        println!("timeoutMs:  {t}");
+        out!("timeoutMs:  {t}");
     }
     if let Some(l) = c.max_lag {
-        println!("maxLag:     {l}");
+        out!("maxLag:     {l}");
     }
-    println!("source:     {}", n.source);
-    println!("revision:   {}", n.revision);
+    out!("source:     {}", n.source);
+    out!("revision:   {}", n.revision);
 }
 
 fn print_bootstrap(r: &BootstrapResult) {
     let state = if r.applied { "applied" } else { "not applied" };
-    println!(
+    out!(
         "{}: {} added, {} changed, {} unchanged, {} invalid ({state})",
         r.file,
         r.added.len(),
@@ -385,17 +386,12 @@ fn print_bootstrap(r: &BootstrapResult) {
         r.invalid.len()
     );
     for e in &r.added {
-        println!("  + {} ({}, {})", e.name, e.node_type, e.node_hash);
+        out!("  + {} ({}, {})", e.name, e.node_type, e.node_hash);
     }
     for e in &r.changed {
-        println!("  ~ {} ({}): {}", e.name, e.node_type, e.fields.join(", "));
+        out!("  ~ {} ({}): {}", e.name, e.node_type, e.fields.join(", "));
     }
     for e in &r.invalid {
-        println!(
-            "  ! entry {}{}: {}",
-            e.index,
-            e.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
-            e.reason
-        );
+        out!("  ! entry {}{}: {}", e.index, e.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(), e.reason);
     }
 }
