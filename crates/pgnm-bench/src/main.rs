@@ -29,6 +29,15 @@ struct Cli {
     /// Concurrencies to measure (requests in flight at once).
     #[arg(long, env = "PGNM_BENCH_CONCURRENCY", value_delimiter = ',', default_value = "1,100")]
     concurrency: Vec<usize>,
+    /// PostgreSQL database the benchmark makes its own schema in.
+    #[arg(long, env = "PGNM_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    database_url: String,
+    /// Tasks due every second in the scheduler benchmark.
+    #[arg(long, env = "PGNM_BENCH_TASKS", default_value_t = 1000)]
+    tasks: usize,
+    /// Seconds the scheduler benchmark measures.
+    #[arg(long, env = "PGNM_BENCH_SCHEDULER_SECS", default_value_t = 10)]
+    scheduler_secs: u64,
 }
 
 struct Figures {
@@ -52,9 +61,20 @@ async fn main() -> anyhow::Result<()> {
     let admin = Builder::from_config(Config::from_url(&cli.redis_url)?).build()?;
     admin.init().await.context("connecting to Redis")?;
 
+    // A schema of the benchmark's own, migrated, on the search path of every service.
+    let schema = prefix.clone();
+    let (pg, connection) =
+        tokio_postgres::connect(&cli.database_url, tokio_postgres::NoTls).await.context("connecting to PostgreSQL")?;
+    tokio::spawn(connection);
+    pg.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+    let separator = if cli.database_url.contains('?') { '&' } else { '?' };
+    let db_url = format!("{}{separator}options=-c%20search_path%3D{schema}", cli.database_url);
+    pgnm_store::Store::new(&pgnm_store::DbArgs::new(db_url.clone()))?.migrate().await?;
+    let env = [("PGNM_DATABASE_URL", db_url.as_str()), ("PGNM_CHECK_INTERVAL_MS", "3600000")];
+
     let mut services = Vec::new();
     for (binary, instance) in [("pgnm-router", "router-1"), ("pgnm-checker", "checker-1")] {
-        services.push(spawn(binary, instance, &cli.redis_url, &prefix)?);
+        services.push(spawn(binary, instance, &cli.redis_url, &prefix, &env)?);
     }
     let bus = Bus::connect(&RedisArgs::new(cli.redis_url.clone(), prefix.clone()), "bench").await?;
     let caller = Arc::new(Caller::start(bus, "pgnm-bench").await?);
@@ -67,10 +87,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let outcome = async {
         // Warm up connections and allocators.
-        run(&caller, &admin, 10, 2_000).await?;
+        run(&caller, &admin, 10, 2_000).await.context("warming up")?;
         for &c in &cli.concurrency {
             let requests = if c == 1 { cli.requests.min(5_000) } else { cli.requests };
-            let f = run(&caller, &admin, c.max(1), requests).await?;
+            let f = run(&caller, &admin, c.max(1), requests).await.context("measuring round trips")?;
             println!(
                 "{:>11} {:>9} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>12.1}",
                 c,
@@ -82,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
                 f.redis_commands as f64 / f.requests as f64,
             );
         }
+        services.push(spawn("pgnm-scheduler", "scheduler-1", &cli.redis_url, &prefix, &env)?);
+        scheduler(&cli, &caller, &admin, &prefix).await.context("measuring the scheduler")?;
         anyhow::Ok(())
     }
     .await;
@@ -94,7 +116,100 @@ async fn main() -> anyhow::Result<()> {
         let _ = child.wait().await;
     }
     delete_keys(&admin, &prefix).await?;
+    pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
     outcome
+}
+
+/// Measures the scheduler's dispatch delay: from a tick's due time to its
+/// command's arrival on the executing role's stream, with `cli.tasks` tasks due
+/// every second. The tasks ping the checker, which answers at once; a reader
+/// tails the checker's stream and notes when each command arrived.
+async fn scheduler(cli: &Cli, caller: &Arc<Caller>, admin: &Client, prefix: &str) -> anyhow::Result<()> {
+    let keys = pgnm_protocol::Keys::new(prefix)?;
+    let target = keys.inbox(Role::Checker);
+    let adds = (0..cli.tasks).map(|i| {
+        let caller = caller.clone();
+        async move {
+            let args = serde_json::json!({"name": format!("bench-{i}"), "command": "ping", "role": "checker",
+                "intervalMs": 1000, "timeoutMs": 900});
+            let spec = CallSpec::new("taskAdd", Duration::from_secs(30)).role(Role::Scheduler).args(args);
+            let reply = caller.call(spec).await?;
+            if let Err(e) = reply.result() {
+                bail!("taskAdd failed: {} {}", e.code, e.message);
+            }
+            anyhow::Ok(())
+        }
+    });
+    for r in futures_buffered(adds.collect(), 50).await {
+        r?;
+    }
+    // Let every task reach its steady schedule, then measure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let from = pgnm_protocol::now_ms();
+    let until = from + cli.scheduler_secs * 1000;
+    let tail = admin.clone_new();
+    tail.init().await?;
+    let mut last = format!("{from}-0");
+    let mut entries: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> = Vec::new();
+    while pgnm_protocol::now_ms() < until + 500 {
+        let read: Value = tail.xread(Some(5000), Some(100), target.as_str(), last.as_str()).await?;
+        if read.is_null() {
+            continue;
+        }
+        // [[stream, [[id, [field, value, ...]], ...]]]
+        let Value::Array(streams) = read else { continue };
+        for stream in streams {
+            let Value::Array(mut parts) = stream else { continue };
+            let Some(Value::Array(batch)) = parts.pop() else { continue };
+            for entry in batch {
+                let Value::Array(mut e) = entry else { continue };
+                let fields = e.pop();
+                let Some(id) = e.pop().and_then(|v| v.as_string()) else { continue };
+                let mut map = std::collections::HashMap::new();
+                if let Some(Value::Array(f)) = fields {
+                    let mut it = f.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        if let (Some(k), Some(v)) = (k.as_string(), v.as_bytes()) {
+                            map.insert(k, v.to_vec());
+                        }
+                    }
+                }
+                last = id.clone();
+                entries.push((id, map));
+            }
+        }
+    }
+    let _ = tail.quit().await;
+    let mut delays: Vec<i64> = Vec::new();
+    for (id, fields) in entries {
+        let arrived: i64 = id.split('-').next().unwrap_or("0").parse().unwrap_or(0);
+        let Some(m) = fields.get("m") else { continue };
+        let Some(request) = pgnm_protocol::decode_header(m).id else { continue };
+        let Some(due) = request.rsplit(':').next().and_then(|d| d.parse::<i64>().ok()) else { continue };
+        if due >= from as i64 && due < until as i64 {
+            delays.push(arrived - due);
+        }
+    }
+    delays.sort_unstable();
+    if delays.is_empty() {
+        bail!("no scheduled command arrived");
+    }
+    let pct = |p: f64| delays[((delays.len() as f64 - 1.0) * p).round() as usize];
+    let expected = cli.tasks as u64 * (until - from) / 1000;
+    println!();
+    println!(
+        "pgnm-bench: scheduler dispatch delay (due time -> command on the role's stream), {} tasks every 1 s, 1 replica",
+        cli.tasks
+    );
+    println!("{:>10} {:>10} {:>8} {:>8} {:>8}", "dispatched", "expected", "p50 ms", "p99 ms", "max ms");
+    println!("{:>10} {:>10} {:>8} {:>8} {:>8}", delays.len(), expected, pct(0.5), pct(0.99), pct(1.0));
+    Ok(())
+}
+
+/// Runs the futures with at most `limit` at once; returns their outputs.
+async fn futures_buffered<F: Future>(futures: Vec<F>, limit: usize) -> Vec<F::Output> {
+    use futures::StreamExt as _;
+    futures::stream::iter(futures).buffer_unordered(limit).collect().await
 }
 
 /// Sends `requests` pings with `concurrency` of them in flight at once.
@@ -154,10 +269,17 @@ async fn wait_until_up(caller: &Caller) -> anyhow::Result<()> {
     bail!("the services did not answer within 50 s")
 }
 
-fn spawn(binary: &str, instance: &str, url: &str, prefix: &str) -> anyhow::Result<tokio::process::Child> {
+fn spawn(
+    binary: &str,
+    instance: &str,
+    url: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
     let path: PathBuf = exe.parent().context("the bench binary has a directory")?.join(binary);
     tokio::process::Command::new(&path)
+        .envs(env.iter().copied())
         .env("PGNM_REDIS_URL", url)
         .env("PGNM_PREFIX", prefix)
         .env("PGNM_INSTANCE", instance)

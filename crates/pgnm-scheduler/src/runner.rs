@@ -9,6 +9,7 @@ use std::time::Duration;
 use pgnm_bus::{CallError, CallSpec, Caller};
 use pgnm_protocol::Role;
 use pgnm_store::{ClaimedRun, RunOutcome, Store};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -37,12 +38,15 @@ pub async fn run(store: Store, caller: Caller, settings: Settings, shutdown: Can
     let held: Held = Arc::default();
     let tracker = TaskTracker::new();
     let renewer = tokio::spawn(renew_loop(store.clone(), settings.clone(), held.clone(), shutdown.clone()));
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let finisher = tokio::spawn(finish_loop(store.clone(), done_rx, held.clone()));
     info!(instance = %settings.instance, "task runner started");
     let mut failing = false;
+    let mut wait = settings.poll;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(settings.poll) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let claimed = store.claim_due_runs(&settings.instance, BATCH, settings.lease_ms, schedule::next_run).await;
         let taken = store.take_over_runs(&settings.instance, BATCH, settings.lease_ms).await;
@@ -55,16 +59,30 @@ pub async fn run(store: Store, caller: Caller, settings: Settings, shutdown: Can
                 for run in taken.iter() {
                     info!(task = %run.name, request = %run.request_id, attempt = run.attempts, "taking over a run");
                 }
+                let busy = claimed.len() as i64 == BATCH || taken.len() as i64 == BATCH;
                 for run in claimed.into_iter().chain(taken) {
                     held.lock().expect("held lock poisoned").insert(run.run_id);
-                    tracker.spawn(dispatch(store.clone(), caller.clone(), run, held.clone()));
+                    tracker.spawn(dispatch(caller.clone(), run, held.clone(), done_tx.clone()));
                 }
+                // Sleep until the next tick is due (at most one poll period), so
+                // dispatch is on time without hammering the database.
+                wait = if busy {
+                    Duration::ZERO
+                } else {
+                    match store.next_due().await {
+                        Ok((Some(due), now)) => {
+                            Duration::from_millis((due - now).clamp(2, settings.poll.as_millis() as i64) as u64)
+                        }
+                        _ => settings.poll,
+                    }
+                };
             }
             (Err(e), _) | (_, Err(e)) => {
                 if !failing {
                     warn!(error = %e, "task runner cannot reach the database; retrying");
                     failing = true;
                 }
+                wait = settings.poll;
             }
         }
     }
@@ -72,6 +90,8 @@ pub async fn run(store: Store, caller: Caller, settings: Settings, shutdown: Can
     if tokio::time::timeout(Duration::from_millis(settings.lease_ms), tracker.wait()).await.is_err() {
         warn!("runs still in flight at shutdown; another replica takes them over when their lease ends");
     }
+    drop(done_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), finisher).await;
     renewer.abort();
     info!("task runner stopped");
 }
@@ -90,7 +110,40 @@ async fn renew_loop(store: Store, settings: Settings, held: Held, shutdown: Canc
     }
 }
 
-async fn dispatch(store: Store, caller: Caller, run: ClaimedRun, held: Held) {
+/// The outcome of one run, to record.
+type Done = (i64, RunOutcome, Option<String>);
+
+/// Records outcomes in batches: every outcome waiting goes in one statement. A
+/// run's lease is kept until its outcome is recorded.
+async fn finish_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Done>, held: Held) {
+    let mut batch: Vec<Done> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.finish_runs(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, runs = batch.len(), "cannot record run outcomes; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let mut held = held.lock().expect("held lock poisoned");
+        for (id, _, _) in batch.drain(..) {
+            held.remove(&id);
+        }
+    }
+}
+
+async fn dispatch(caller: Caller, run: ClaimedRun, held: Held, done: mpsc::UnboundedSender<Done>) {
     let role = run.role.as_deref().and_then(|r| r.parse::<Role>().ok());
     let args = run.args.clone().map(serde_json::Value::Object);
     let mut spec =
@@ -112,17 +165,8 @@ async fn dispatch(store: Store, caller: Caller, run: ClaimedRun, held: Held) {
             return;
         }
     };
-    for attempt in 0..5 {
-        match store.finish_run(run.run_id, outcome, error.as_deref()).await {
-            Ok(_) => break,
-            Err(e) => {
-                warn!(task = %run.name, error = %e, attempt, "cannot record a run's outcome");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        }
-    }
     if outcome != RunOutcome::Ok {
         debug!(task = %run.name, outcome = outcome.as_str(), error = ?error, "run finished");
     }
-    held.lock().expect("held lock poisoned").remove(&run.run_id);
+    let _ = done.send((run.run_id, outcome, error));
 }

@@ -344,6 +344,19 @@ impl Store {
         Ok(rows.iter().map(row_to_run).collect())
     }
 
+    /// Returns when the next runnable tick is due (epoch ms) and the database's
+    /// clock (epoch ms), so a runner can sleep until then.
+    pub async fn next_due(&self) -> Result<(Option<i64>, i64), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (extract(epoch FROM min(t.next_run_at)) * 1000)::bigint,                  (extract(epoch FROM now()) * 1000)::bigint FROM tasks t WHERE t.enabled                  AND (t.allow_overlap OR NOT EXISTS (SELECT 1 FROM task_runs r WHERE r.task_id = t.id AND r.outcome IS NULL))",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// Takes over up to `limit` in-flight runs whose lease ran out (their owner
     /// died, or `taskRun` queued them): leases them to `instance`.
     pub async fn take_over_runs(
@@ -383,19 +396,27 @@ impl Store {
         Ok(())
     }
 
-    /// Records how a run ended (once; a later report of the same run is
-    /// ignored), and the task's last outcome.
-    pub async fn finish_run(&self, run_id: i64, outcome: RunOutcome, error: Option<&str>) -> Result<bool, StoreError> {
+    /// Records how runs ended, in one statement (each once: a later report of
+    /// the same run is ignored), and each task's last outcome.
+    pub async fn finish_runs(&self, runs: &[(i64, RunOutcome, Option<String>)]) -> Result<(), StoreError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
+        let outcomes: Vec<&str> = runs.iter().map(|r| r.1.as_str()).collect();
+        let errors: Vec<Option<&str>> = runs.iter().map(|r| r.2.as_deref()).collect();
         let client = self.client().await?;
-        let n = client
+        client
             .execute(
-                "WITH r AS (UPDATE task_runs SET outcome = $2, error = $3, finished_at = now() \
-                 WHERE id = $1 AND outcome IS NULL RETURNING task_id) \
-                 UPDATE tasks SET last_outcome = $2, last_error = $3 FROM r WHERE tasks.id = r.task_id",
-                &[&run_id, &outcome.as_str(), &error],
+                "WITH u AS (SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u(id, outcome, error)), \
+                 r AS (UPDATE task_runs SET outcome = u.outcome, error = u.error, finished_at = now() FROM u \
+                 WHERE task_runs.id = u.id AND task_runs.outcome IS NULL \
+                 RETURNING task_runs.task_id, u.outcome, u.error) \
+                 UPDATE tasks SET last_outcome = r.outcome, last_error = r.error FROM r WHERE tasks.id = r.task_id",
+                &[&ids, &outcomes, &errors],
             )
             .await?;
-        Ok(n > 0)
+        Ok(())
     }
 
     /// Queues a run of task `name` now, whatever its schedule: the run is
