@@ -16,7 +16,7 @@ build: ## Build every binary (debug)
 run: ## Start the whole system on this machine (Redis and PostgreSQL included)
 	./scripts/run-local.sh
 
-test: $(VENV)/.ready ## fmt check, clippy -D warnings, then every test
+test: $(VENV)/.ready node_modules/.ready ## fmt check, clippy -D warnings, then every test
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo build --workspace --bins
@@ -39,4 +39,9 @@ bench: ## Print throughput and latency figures (release build)
 $(VENV)/.ready: proto-schemas/examples/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r proto-schemas/examples/requirements.txt
+	touch $@
+
+# anvil, the real EVM node of the end-to-end tests (npm package @foundry-rs/anvil).
+node_modules/.ready: package.json package-lock.json
+	npm ci --no-audit --no-fund
 	touch $@

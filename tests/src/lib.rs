@@ -129,6 +129,7 @@ impl Env {
             redis: self.redis_args(),
             worker,
             db: self.db.clone(),
+            health: pgnm_checker::health::HealthArgs { view_refresh_ms: 100, ..Default::default() },
             instance: Some(instance.to_owned()),
             nodes_file: None,
             chains_file: None,
@@ -478,6 +479,76 @@ impl OwnRedis {
 }
 
 impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real EVM node: `anvil` from the npm package `@foundry-rs/anvil` (installed
+/// by `make test` under `node_modules/`, or named by `PGNM_ANVIL`), on a free port.
+#[derive(Debug)]
+pub struct Anvil {
+    /// Its JSON-RPC URL.
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl Anvil {
+    /// Starts anvil with `args` added (`--block-time 1`, `--chain-id 1`, ...) and
+    /// waits until it answers.
+    pub async fn start(args: &[&str]) -> Anvil {
+        let binary = std::env::var("PGNM_ANVIL").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let child = std::process::Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({e}); `make test` installs it with npm", binary.display()));
+        let anvil = Anvil { url: format!("http://127.0.0.1:{port}"), child };
+        for _ in 0..100 {
+            if anvil.rpc("eth_chainId", serde_json::json!([])).await.is_ok() {
+                return anvil;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("anvil did not answer on port {port}");
+    }
+
+    /// Calls a JSON-RPC method.
+    pub async fn rpc(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let response = reqwest::Client::new().post(&self.url).json(&body).send().await.map_err(|e| e.to_string())?;
+        let value: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        if let Some(e) = value.get("error") {
+            return Err(e.to_string());
+        }
+        Ok(value["result"].clone())
+    }
+
+    /// Returns the latest block number.
+    pub async fn height(&self) -> u64 {
+        let h = self.rpc("eth_blockNumber", serde_json::json!([])).await.expect("eth_blockNumber");
+        u64::from_str_radix(h.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    /// Stops producing blocks (the height freezes).
+    pub async fn freeze(&self) {
+        self.rpc("evm_setIntervalMining", serde_json::json!([0])).await.expect("evm_setIntervalMining");
+    }
+
+    /// Kills the node.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Anvil {
     fn drop(&mut self) {
         self.kill();
     }

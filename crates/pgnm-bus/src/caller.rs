@@ -211,6 +211,21 @@ pub async fn send(bus: &Bus, stream: &str, message: Vec<u8>) -> Result<(), BusEr
     resp::run(bus.client(), "XADD", stream, args, false).await.map(|_| ())
 }
 
+/// Adds one message to `stream`, keeping about `maxlen` entries (for streams
+/// nobody acknowledges, such as the events stream).
+pub async fn send_capped(bus: &Bus, stream: &str, message: Vec<u8>, maxlen: i64) -> Result<(), BusError> {
+    let args = vec![
+        Value::from(stream),
+        Value::from("MAXLEN"),
+        Value::from("~"),
+        Value::from(maxlen),
+        Value::from("*"),
+        Value::from(pgnm_protocol::ENTRY_FIELD),
+        Value::Bytes(Bytes::from(message)),
+    ];
+    resp::run(bus.client(), "XADD", stream, args, false).await.map(|_| ())
+}
+
 struct WaiterGuard<'a> {
     waiters: &'a Waiters,
     id: &'a str,

@@ -1,16 +1,22 @@
 //! `pgnm-checker`: the node registry (node commands, the nodes file) and, with
 //! the health-check work, checks, status and best-node selection.
 
+pub mod health;
 pub mod registry;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use pgnm_bus::service::{self, Call, CommandHandler};
 use pgnm_bus::{Bus, RedisArgs, WorkerArgs};
+use pgnm_protocol::health::{CheckArgs, GetBestNodeArgs, StatusEvent};
+use pgnm_protocol::node::{CheckNodeArgs, GetNodeConfigArgs, GetNodesArgs};
+use pgnm_protocol::task::{PruneHistoryArgs, PruneHistoryResult};
 use pgnm_protocol::{Command, ErrorBody, ErrorCode, Role, decode_args, encode_data};
 use pgnm_store::{DbArgs, Store};
 use tokio_util::sync::CancellationToken;
 
+use health::{EventSink, Health, HealthArgs};
 use registry::Registry;
 use registry::chains::Chains;
 
@@ -26,6 +32,9 @@ pub struct CheckerConfig {
     /// PostgreSQL settings.
     #[command(flatten)]
     pub db: DbArgs,
+    /// Health-check settings.
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Name of this instance (the consumer name); defaults to host name, role and process id.
     #[arg(long, env = "PGNM_INSTANCE")]
     pub instance: Option<String>,
@@ -66,35 +75,95 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
     let chains = Chains::load(config.chains_file.as_deref()).map_err(CheckerError::Config)?;
     let store = Store::new(&config.db)?;
     store.check().await?;
-    let registry = Registry::new(store, chains, config.nodes_file.clone(), config.allow_secret_reveal);
+    let registry = Registry::new(store.clone(), chains.clone(), config.nodes_file.clone(), config.allow_secret_reveal);
     if let Err(e) = registry.bootstrap_if_empty().await {
         tracing::warn!(code = %e.code, error = %e.message, "cold-start load of the nodes file failed");
     }
     let bus = Bus::connect(&config.redis, &instance).await?;
-    let handler = Checker { instance, registry };
-    Ok(service::serve(bus, Role::Checker, config.worker, handler, shutdown).await?)
+    let health = Arc::new(Health::new(store, chains, config.health.clone(), event_sink(bus.clone())));
+    health.refresh().await?;
+    let refresher = tokio::spawn(health.clone().refresh_loop(shutdown.clone()));
+    let handler = Checker { instance, registry, health };
+    let served = service::serve(bus, Role::Checker, config.worker, handler, shutdown).await;
+    let _ = refresher.await;
+    Ok(served?)
+}
+
+/// Most events kept on the events stream.
+const EVENTS_MAXLEN: i64 = 100_000;
+
+/// Publishes status changes on the events stream, one entry each.
+fn event_sink(bus: Bus) -> EventSink {
+    Box::new(move |events: Vec<StatusEvent>| {
+        let bus = bus.clone();
+        Box::pin(async move {
+            let stream = bus.keys().events();
+            for event in events {
+                let Ok(payload) = encode_data(&event) else { continue };
+                if let Err(e) = pgnm_bus::caller::send_capped(&bus, &stream, payload, EVENTS_MAXLEN).await {
+                    tracing::warn!(error = %e, "cannot publish a status event");
+                }
+            }
+        })
+    })
 }
 
 struct Checker {
     instance: String,
     registry: Registry,
+    health: Arc<Health>,
 }
 
 fn reply<T: serde::Serialize>(result: Result<T, ErrorBody>) -> Result<Vec<u8>, ErrorBody> {
     encode_data(&result?)
 }
 
+impl Checker {
+    fn with_status(&self, mut node: pgnm_protocol::node::NodeView) -> pgnm_protocol::node::NodeView {
+        node.status = self.health.live_status(node.id);
+        node
+    }
+}
+
 impl CommandHandler for Checker {
     async fn execute(&self, call: Call) -> Result<Vec<u8>, ErrorBody> {
         let r = &self.registry;
+        let h = &self.health;
         match call.command {
             Command::Ping => service::ping(Role::Checker, &self.instance, call.args).await,
             Command::AddNode => reply(r.add_node(decode_args(call.args)?).await),
             Command::RmNode => reply(r.rm_node(decode_args(call.args)?).await),
-            Command::UpdateNode => reply(r.update_node(decode_args(call.args)?).await),
-            Command::GetNodeConfig => reply(r.get_node_config(decode_args(call.args)?).await),
-            Command::GetNodes => reply(r.get_nodes(decode_args(call.args)?).await),
+            Command::UpdateNode => reply(r.update_node(decode_args(call.args)?).await.map(|n| self.with_status(n))),
+            Command::GetNodeConfig => {
+                let args: GetNodeConfigArgs = decode_args(call.args)?;
+                reply(r.get_node_config(args).await.map(|n| self.with_status(n)))
+            }
+            Command::GetNodes => {
+                let args: GetNodesArgs = decode_args(call.args)?;
+                reply(r.get_nodes(args).await.map(|mut page| {
+                    page.nodes = page.nodes.into_iter().map(|n| self.with_status(n)).collect();
+                    page
+                }))
+            }
             Command::Bootstrap => reply(r.bootstrap(decode_args(call.args)?).await),
+            Command::Check => {
+                let args: CheckArgs = decode_args(call.args)?;
+                reply(h.check(args).await)
+            }
+            Command::CheckNode => {
+                let args: CheckNodeArgs = decode_args(call.args)?;
+                let key = args.key().map_err(ErrorBody::bad_request)?;
+                reply(h.check_node(key).await)
+            }
+            Command::GetBestNode => {
+                let args: GetBestNodeArgs = decode_args(call.args)?;
+                reply(h.best_node(&args))
+            }
+            Command::PruneHistory => {
+                let args: PruneHistoryArgs = decode_args(call.args)?;
+                let deleted = h.prune(args.older_than_secs.unwrap_or(7 * 24 * 3600)).await?;
+                reply(Ok(PruneHistoryResult { deleted }))
+            }
             other => Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
                 format!("command {other} is not implemented by this pgnm-checker build"),

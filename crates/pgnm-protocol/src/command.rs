@@ -99,7 +99,7 @@ commands! {
     /// Removes a task.
     TaskRemove = "taskRemove" => [Scheduler],
     /// Deletes finished history older than a retention period.
-    PruneHistory = "pruneHistory" => [Scheduler],
+    PruneHistory = "pruneHistory" => [Checker, Scheduler],
     /// Runs a health-check round.
     Check = "check" => [Checker],
     /// Checks one node now.

@@ -11,6 +11,7 @@ mod command;
 mod deadline;
 mod envelope;
 mod error;
+pub mod health;
 mod keys;
 pub mod node;
 pub mod ping;

@@ -198,6 +198,11 @@ selector_args! {
 }
 
 selector_args! {
+    /// Arguments of `checkNode`: the node, by `id`, `nodeHash` or `name`.
+    CheckNodeArgs {}
+}
+
+selector_args! {
     /// Arguments of `getNodeConfig`: the node, by `id`, `nodeHash` or `name`.
     GetNodeConfigArgs {
         /// Show credentials unredacted (as stored: `${VAR}` references stay
@@ -361,6 +366,9 @@ pub struct NodeView {
     pub created_at: i64,
     /// Last change, Unix epoch milliseconds.
     pub updated_at: i64,
+    /// Live health, once the node has been checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::health::NodeStatusView>,
 }
 
 /// Arguments of the checker's `bootstrap`: load the nodes file into the registry.

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 use crate::command::Command;
 use crate::envelope::{Reply, Request};
 use crate::error::{ErrorBody, ErrorCode};
-use crate::node;
 use crate::ping::{PingArgs, PingResult};
 use crate::task;
+use crate::{health, node};
 
 /// Arguments of a command that takes none.
 #[derive(schemars::JsonSchema)]
@@ -28,6 +28,7 @@ pub fn all() -> Vec<(String, Value)> {
         ("reply.schema.json".to_owned(), schema::<Reply>()),
         ("error.schema.json".to_owned(), schema::<ErrorBody>()),
         ("commands.json".to_owned(), command_table()),
+        ("event.schema.json".to_owned(), schema::<health::StatusEvent>()),
     ];
     // (file stem, arguments, result); a command served differently by several
     // roles is named `<command>.<role>`.
@@ -47,6 +48,9 @@ pub fn all() -> Vec<(String, Value)> {
         (Command::TaskRemove.to_string(), schema::<task::TaskName>(), schema::<task::TaskView>()),
         (Command::TaskRun.to_string(), schema::<task::TaskName>(), schema::<task::TaskRunResult>()),
         (Command::PruneHistory.to_string(), schema::<task::PruneHistoryArgs>(), schema::<task::PruneHistoryResult>()),
+        (Command::Check.to_string(), schema::<health::CheckArgs>(), schema::<health::CheckResult>()),
+        (Command::CheckNode.to_string(), schema::<node::CheckNodeArgs>(), schema::<health::CheckNodeResult>()),
+        (Command::GetBestNode.to_string(), schema::<health::GetBestNodeArgs>(), schema::<health::GetBestNodeResult>()),
     ];
     for (stem, args, result) in typed {
         out.push((format!("commands/{stem}.args.schema.json"), args));

@@ -5,6 +5,7 @@
 //! Every query is parameterised; batch writes are one statement per batch
 //! (`UNNEST`), not one per row.
 
+mod health;
 mod nodes;
 mod tasks;
 
@@ -14,6 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tracing::info;
 
+pub use health::NodeState;
 pub use nodes::{NewNode, NodeFilter, NodeRow, SyncOutcome, UpdateOutcome, WriteError, changed_fields};
 pub use tasks::{ClaimedRun, RunOutcome, TaskRow, TaskWriteError};
 

@@ -113,7 +113,7 @@ pub enum SyncOutcome {
     },
 }
 
-const COLUMNS: &str = "id, node_hash, type, name, url, auth, headers, enabled, priority, weight, labels, transport, \
+pub(crate) const COLUMNS: &str = "id, node_hash, type, name, url, auth, headers, enabled, priority, weight, labels, transport, \
      timeout_ms, max_lag, source, revision, \
      (extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
      (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms";
@@ -122,7 +122,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Json {
     serde_json::to_value(v).expect("node fields always convert to JSON")
 }
 
-fn row_to_node(row: &Row) -> Result<NodeRow, StoreError> {
+pub(crate) fn row_to_node(row: &Row) -> Result<NodeRow, StoreError> {
     let auth: Option<Json> = row.get("auth");
     let headers: Json = row.get("headers");
     let labels: Json = row.get("labels");

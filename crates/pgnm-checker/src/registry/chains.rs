@@ -25,6 +25,17 @@ pub struct ChainType {
     pub block_time_ms: u64,
     /// Default lag limit, in blocks.
     pub max_lag: u64,
+    /// A node whose height has not moved (or whose head is older) for this
+    /// long is stalled; default ten block times, at least 30 s.
+    #[serde(default)]
+    pub stall_after_ms: Option<u64>,
+}
+
+impl ChainType {
+    /// Returns the stall window.
+    pub fn stall_after_ms(&self) -> u64 {
+        self.stall_after_ms.unwrap_or_else(|| (self.block_time_ms * 10).max(30_000))
+    }
 }
 
 /// The chain types this checker accepts.
@@ -47,6 +58,7 @@ fn evm(name: &str, chain_id: u64, block_time_ms: u64, max_lag: u64) -> ChainType
         bitcoin_chain: None,
         block_time_ms,
         max_lag,
+        stall_after_ms: None,
     }
 }
 
@@ -58,6 +70,7 @@ fn bitcoin(name: &str, chain: &str, block_time_ms: u64, max_lag: u64) -> ChainTy
         bitcoin_chain: Some(chain.to_owned()),
         block_time_ms,
         max_lag,
+        stall_after_ms: None,
     }
 }
 

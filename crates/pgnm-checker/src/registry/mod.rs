@@ -83,6 +83,7 @@ impl Registry {
             revision: row.revision,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            status: None,
         }
     }
 
