@@ -158,6 +158,25 @@ async fn the_default_check_task_drives_check_rounds() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let later = status_of(&ok(&caller, "getNodes", json!({})).await, "a");
     assert!(later["height"].as_i64().unwrap() > first, "rounds keep running: {later}");
+    // The operator's view of it.
+    let pgnm = |args: &[&str]| {
+        let out = std::process::Command::new(pgnm_tests::binary("pgnm"))
+            .args(args)
+            .env("PGNM_REDIS_URL", &env.url)
+            .env("PGNM_PREFIX", &env.prefix)
+            .output()
+            .expect("run pgnm");
+        assert!(out.status.success(), "pgnm {args:?}: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = pgnm(&["status"]);
+    assert!(status.starts_with("NODE"), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("a ") && l.contains(" ok ") && l.ends_with("yes")), "{status}");
+    let best = pgnm(&["best", "evm-fast"]);
+    assert!(best.starts_with(&format!("a  {}", anvil.url)), "{best}");
+    let check = pgnm(&["check", "evm-fast"]);
+    assert!(check.starts_with("checked 1 node(s)"), "{check}");
+
     let tasks = call(&caller, Role::Scheduler, "taskList", json!({})).await.unwrap();
     for t in tasks["tasks"].as_array().unwrap().iter().filter(|t| t["definition"]["command"] == "check") {
         assert_eq!(t["lastOutcome"], "ok", "{t}");

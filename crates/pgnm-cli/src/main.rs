@@ -20,6 +20,7 @@ macro_rules! out {
     }};
 }
 
+mod health;
 mod nodes;
 mod tasks;
 
@@ -68,6 +69,27 @@ enum Cmd {
     /// Manage the scheduler's tasks.
     #[command(subcommand)]
     Tasks(tasks::TasksCmd),
+    /// Show the node to use now for a chain type, and its fallbacks.
+    Best {
+        /// Chain type (`btc`, `eth`, ...).
+        #[arg(value_name = "TYPE")]
+        node_type: String,
+        /// Only nodes with this label (`key=value`); repeatable.
+        #[arg(long = "label", value_parser = nodes::key_value)]
+        labels: Vec<(String, String)>,
+    },
+    /// Show every node's health: status, reason, height, lag, latency.
+    Status {
+        /// Only nodes of this type.
+        #[arg(value_name = "TYPE")]
+        node_type: Option<String>,
+    },
+    /// Run a check round now.
+    Check {
+        /// Only nodes of this type.
+        #[arg(value_name = "TYPE")]
+        node_type: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -115,6 +137,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Tasks(cmd) => {
             let client = Client::connect(&cli.redis, &instance, timeout).await?;
             let outcome = tasks::run(&client, cmd, cli.json).await;
+            client.close().await;
+            outcome
+        }
+        Cmd::Best { node_type, labels } => {
+            let client = Client::connect(&cli.redis, &instance, timeout).await?;
+            let outcome = health::best(&client, node_type, labels, cli.json).await;
+            client.close().await;
+            outcome
+        }
+        Cmd::Status { node_type } => {
+            let client = Client::connect(&cli.redis, &instance, timeout).await?;
+            let outcome = health::status(&client, node_type, cli.json).await;
+            client.close().await;
+            outcome
+        }
+        Cmd::Check { node_type } => {
+            let client = Client::connect(&cli.redis, &instance, timeout).await?;
+            let outcome = health::check(&client, node_type, cli.json).await;
             client.close().await;
             outcome
         }
