@@ -181,6 +181,16 @@ impl Env {
         self.push(Service { shutdown, handle })
     }
 
+    /// Starts a jrpc-proxy in-process.
+    pub fn start_jrpc_proxy(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
+        let config =
+            pgnm_jrpc_proxy::ProxyConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let shutdown = CancellationToken::new();
+        let handle = spawn_service("jrpc-proxy", pgnm_jrpc_proxy::run(config, shutdown.clone()));
+        self.roles.push(pgnm_protocol::Role::JrpcProxy);
+        self.push(Service { shutdown, handle })
+    }
+
     /// Starts router, checker and scheduler in-process, with test worker settings.
     pub async fn start_all(&mut self) {
         self.start_router("router-1", fast_worker());

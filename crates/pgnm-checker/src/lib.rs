@@ -80,12 +80,16 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         tracing::warn!(code = %e.code, error = %e.message, "cold-start load of the nodes file failed");
     }
     let bus = Bus::connect(&config.redis, &instance).await?;
-    let health = Arc::new(Health::new(store, chains, config.health.clone(), event_sink(bus.clone())));
+    // Probes of nodes behind pgnm-jrpc-proxy go through the router like any call.
+    let proxy =
+        pgnm_bus::Caller::start(Bus::connect(&config.redis, &format!("{instance}-probes")).await?, &instance).await?;
+    let health = Arc::new(Health::new(store, chains, config.health.clone(), event_sink(bus.clone()), proxy.clone()));
     health.refresh().await?;
     let refresher = tokio::spawn(health.clone().refresh_loop(shutdown.clone()));
     let handler = Checker { instance, registry, health };
     let served = service::serve(bus, Role::Checker, config.worker, handler, shutdown).await;
     let _ = refresher.await;
+    proxy.close().await;
     Ok(served?)
 }
 

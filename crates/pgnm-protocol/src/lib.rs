@@ -12,6 +12,7 @@ mod deadline;
 mod envelope;
 mod error;
 pub mod health;
+pub mod jrpc;
 mod keys;
 pub mod node;
 pub mod ping;

@@ -9,7 +9,7 @@ use crate::envelope::{Reply, Request};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::ping::{PingArgs, PingResult};
 use crate::task;
-use crate::{health, node};
+use crate::{health, jrpc, node};
 
 /// Arguments of a command that takes none.
 #[derive(schemars::JsonSchema)]
@@ -51,6 +51,7 @@ pub fn all() -> Vec<(String, Value)> {
         (Command::Check.to_string(), schema::<health::CheckArgs>(), schema::<health::CheckResult>()),
         (Command::CheckNode.to_string(), schema::<node::CheckNodeArgs>(), schema::<health::CheckNodeResult>()),
         (Command::GetBestNode.to_string(), schema::<health::GetBestNodeArgs>(), schema::<health::GetBestNodeResult>()),
+        (Command::JrpcCall.to_string(), schema::<jrpc::JrpcCallArgs>(), schema::<jrpc::JrpcCallResult>()),
     ];
     for (stem, args, result) in typed {
         out.push((format!("commands/{stem}.args.schema.json"), args));

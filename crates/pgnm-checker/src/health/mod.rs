@@ -3,8 +3,8 @@
 //! current from the database.
 
 pub mod probe;
-pub mod rpc;
 pub mod status;
+pub mod transport;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::registry::chains::Chains;
-use crate::registry::{secrets, store_error};
+use crate::registry::store_error;
+use pgnm_rpc::{RpcClient, secrets};
 use probe::Observation;
-use rpc::RpcClient;
 use status::{Hysteresis, Probed};
 
 /// Health-check settings.
@@ -81,6 +81,7 @@ pub struct Health {
     view: RwLock<Arc<Snapshot>>,
     sticky: Mutex<HashMap<String, i64>>,
     events: EventSink,
+    proxy: pgnm_bus::Caller,
 }
 
 impl std::fmt::Debug for Health {
@@ -116,7 +117,7 @@ fn now_ms() -> i64 {
 
 impl Health {
     /// Returns the health service over `store`; `events` publishes status changes.
-    pub fn new(store: Store, chains: Chains, args: HealthArgs, events: EventSink) -> Health {
+    pub fn new(store: Store, chains: Chains, args: HealthArgs, events: EventSink, proxy: pgnm_bus::Caller) -> Health {
         Health {
             store,
             chains,
@@ -125,6 +126,7 @@ impl Health {
             view: RwLock::new(Arc::default()),
             sticky: Mutex::default(),
             events,
+            proxy,
         }
     }
 
@@ -264,18 +266,22 @@ impl Health {
                 if prev.as_ref().and_then(|p| p.cooldown_until).is_some_and(|c| c > now) {
                     return (i, Probed::CoolingDown);
                 }
-                if node.spec.transport == Transport::JrpcProxy {
-                    return (i, Probed::NotProbed("transport_unavailable: jrpc-proxy is not in this build"));
-                }
-                let endpoint = match secrets::resolve_endpoint(&node.spec, &lookup) {
-                    Ok(e) => e,
-                    Err(why) => {
-                        warn!(node = %node.node_hash, name = %node.spec.name, error = %why, "cannot resolve the node's secrets");
-                        return (i, Probed::NotProbed("secret_missing"));
-                    }
-                };
                 let timeout = Duration::from_millis(node.spec.timeout_ms.map(u64::from).unwrap_or(self.args.check_timeout_ms));
-                let result = probe::for_family(chain.family).probe(&self.rpc, &endpoint, chain, timeout).await;
+                let probe = probe::for_family(chain.family);
+                let result = if node.spec.transport == Transport::JrpcProxy {
+                    let rpc = transport::ViaProxy { caller: &self.proxy, spec: &node.spec };
+                    probe.probe(&rpc, chain, timeout).await
+                } else {
+                    let endpoint = match secrets::resolve_endpoint(&node.spec, &lookup) {
+                        Ok(e) => e,
+                        Err(why) => {
+                            warn!(node = %node.node_hash, name = %node.spec.name, error = %why, "cannot resolve the node's secrets");
+                            return (i, Probed::NotProbed("secret_missing"));
+                        }
+                    };
+                    let rpc = transport::Direct { client: &self.rpc, endpoint };
+                    probe.probe(&rpc, chain, timeout).await
+                };
                 (i, match result {
                     Ok(obs) => Probed::Seen(obs),
                     Err(e) => Probed::Failed(e),

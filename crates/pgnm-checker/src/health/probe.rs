@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use pgnm_protocol::node::Family;
 use serde_json::{Value, json};
 
-use super::rpc::{Dialect, RpcClient, RpcError};
+use super::transport::JsonRpc;
 use crate::registry::chains::ChainType;
-use crate::registry::secrets::Endpoint;
+use pgnm_rpc::{Dialect, RpcError};
 
 /// What a check saw.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,13 +37,7 @@ pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<Observation, RpcEr
 /// Asks a node how it is.
 pub trait Probe: Send + Sync {
     /// Probes `endpoint`, a node of type `chain`, within `timeout`.
-    fn probe<'a>(
-        &'a self,
-        rpc: &'a RpcClient,
-        endpoint: &'a Endpoint,
-        chain: &'a ChainType,
-        timeout: Duration,
-    ) -> ProbeFuture<'a>;
+    fn probe<'a>(&'a self, rpc: &'a dyn JsonRpc, chain: &'a ChainType, timeout: Duration) -> ProbeFuture<'a>;
 }
 
 /// Returns the probe of a family.
@@ -66,16 +60,10 @@ fn hex_u64(v: &Value, what: &str) -> Result<u64, RpcError> {
 pub struct EvmProbe;
 
 impl Probe for EvmProbe {
-    fn probe<'a>(
-        &'a self,
-        rpc: &'a RpcClient,
-        ep: &'a Endpoint,
-        chain: &'a ChainType,
-        timeout: Duration,
-    ) -> ProbeFuture<'a> {
+    fn probe<'a>(&'a self, rpc: &'a dyn JsonRpc, chain: &'a ChainType, timeout: Duration) -> ProbeFuture<'a> {
         Box::pin(async move {
             let started = Instant::now();
-            let call = |method: &'static str, params: Value| rpc.call(ep, Dialect::V2, method, params, timeout);
+            let call = |method: &'static str, params: Value| rpc.call(Dialect::V2, method, params, timeout);
             let (chain_id, syncing, block, peers) = tokio::join!(
                 call("eth_chainId", json!([])),
                 call("eth_syncing", json!([])),
@@ -121,18 +109,12 @@ impl Probe for EvmProbe {
 pub struct BitcoinProbe;
 
 impl Probe for BitcoinProbe {
-    fn probe<'a>(
-        &'a self,
-        rpc: &'a RpcClient,
-        ep: &'a Endpoint,
-        chain: &'a ChainType,
-        timeout: Duration,
-    ) -> ProbeFuture<'a> {
+    fn probe<'a>(&'a self, rpc: &'a dyn JsonRpc, chain: &'a ChainType, timeout: Duration) -> ProbeFuture<'a> {
         Box::pin(async move {
             let started = Instant::now();
             let (info, connections) = tokio::join!(
-                rpc.call(ep, Dialect::V1, "getblockchaininfo", json!([]), timeout),
-                rpc.call(ep, Dialect::V1, "getconnectioncount", json!([]), timeout),
+                rpc.call(Dialect::V1, "getblockchaininfo", json!([]), timeout),
+                rpc.call(Dialect::V1, "getconnectioncount", json!([]), timeout),
             );
             let info = info?;
             let blocks = info["blocks"]

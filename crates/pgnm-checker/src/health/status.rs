@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use pgnm_store::{NodeRow, NodeState};
 
 use super::probe::Observation;
-use super::rpc::RpcError;
 use crate::registry::chains::ChainType;
+use pgnm_rpc::RpcError;
 
 /// Status levels, best first; a node's status is the worst of its signals.
 pub const OK: &str = "ok";

@@ -2,7 +2,6 @@
 //! `getNodeConfig`, `getNodes` and `bootstrap` (the nodes file).
 
 pub mod chains;
-pub mod secrets;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -17,6 +16,7 @@ use pgnm_store::{NewNode, NodeFilter, NodeRow, Store, StoreError, SyncOutcome, U
 use tracing::{info, warn};
 
 use chains::Chains;
+use pgnm_rpc::secrets;
 
 /// Where a node came from.
 const SOURCE_API: &str = "api";

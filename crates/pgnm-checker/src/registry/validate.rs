@@ -4,7 +4,7 @@ use pgnm_protocol::node::{MAX_NAME_LEN, NodeSpec};
 use sha2::{Digest, Sha256};
 
 use super::chains::{ChainType, Chains};
-use super::secrets;
+use pgnm_rpc::secrets;
 
 /// Looks up an environment variable.
 pub type Lookup<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
