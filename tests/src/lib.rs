@@ -500,6 +500,8 @@ impl Drop for OwnRedis {
 pub struct Anvil {
     /// Its JSON-RPC URL.
     pub url: String,
+    port: u16,
+    args: Vec<String>,
     child: std::process::Child,
 }
 
@@ -507,26 +509,43 @@ impl Anvil {
     /// Starts anvil with `args` added (`--block-time 1`, `--chain-id 1`, ...) and
     /// waits until it answers.
     pub async fn start(args: &[&str]) -> Anvil {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = Self::spawn(port, &args);
+        let anvil = Anvil { url: format!("http://127.0.0.1:{port}"), port, args, child };
+        anvil.wait().await;
+        anvil
+    }
+
+    fn spawn(port: u16, args: &[String]) -> std::process::Child {
         let binary = std::env::var("PGNM_ANVIL").map(PathBuf::from).unwrap_or_else(|_| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
-        let child = std::process::Command::new(&binary)
+        std::process::Command::new(&binary)
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({e}); `make test` installs it with npm", binary.display()));
-        let anvil = Anvil { url: format!("http://127.0.0.1:{port}"), child };
+            .unwrap_or_else(|e| panic!("cannot start {} ({e}); `make test` installs it with npm", binary.display()))
+    }
+
+    async fn wait(&self) {
         for _ in 0..100 {
-            if anvil.rpc("eth_chainId", serde_json::json!([])).await.is_ok() {
-                return anvil;
+            if self.rpc("eth_chainId", serde_json::json!([])).await.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("anvil did not answer on port {port}");
+        panic!("anvil did not answer on port {}", self.port);
+    }
+
+    /// Starts the node again on the same port (a fresh chain) after [`Anvil::kill`].
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.port, &self.args);
+        self.wait().await;
     }
 
     /// Calls a JSON-RPC method.

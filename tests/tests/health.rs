@@ -25,6 +25,10 @@ const CHAINS: &str =
     "chains:\n  - {type: evm-fast, family: evm, chainId: 31337, blockTimeMs: 1000, maxLag: 2, stallAfterMs: 4000}\n";
 
 async fn start_checker(env: &mut Env) -> Caller {
+    start_services(env, false).await
+}
+
+async fn start_services(env: &mut Env, proxy: bool) -> Caller {
     let dir = std::env::temp_dir().join(format!("pgnm-test-{}", env.prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let chains = dir.join("chains.yaml");
@@ -33,6 +37,9 @@ async fn start_checker(env: &mut Env) -> Caller {
     let mut config = env.checker_config("checker-1", fast_worker());
     config.chains_file = Some(chains);
     env.start_checker_with(config);
+    if proxy {
+        env.start_jrpc_proxy("proxy-1", fast_worker());
+    }
     env.wait_for_groups().await;
     env.caller().await
 }
@@ -43,13 +50,45 @@ fn status_of(nodes: &Value, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_best_node_and_failover_on_real_evm_nodes() {
+    failover_on_real_evm_nodes("direct").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_through_the_jrpc_proxy() {
+    failover_on_real_evm_nodes("jrpc-proxy").await;
+}
+
+/// Three honest anvil nodes and one on the wrong chain, probed over `transport`:
+/// the best is answered; a frozen node lags and the best moves within `fall`
+/// checks of the lag appearing; a killed node is unavailable and comes back
+/// after `rise` checks once restarted; the wrong chain is never chosen.
+async fn failover_on_real_evm_nodes(transport: &str) {
     let mut env = Env::new().await;
-    let caller = start_checker(&mut env).await;
-    let a = Anvil::start(&["--block-time", "1"]).await;
-    let b = Anvil::start(&["--block-time", "1"]).await;
-    let mut c = Anvil::start(&["--block-time", "1"]).await;
+    let caller = start_services(&mut env, transport == "jrpc-proxy").await;
+    // Their chain state is saved every second, so a restarted node resumes its chain.
+    let dir = std::env::temp_dir().join(format!("pgnm-test-{}", env.prefix));
+    let state = |n: &str| dir.join(format!("anvil-{n}.json")).to_string_lossy().into_owned();
+    let (sa, sb, sc) = (state("a"), state("b"), state("c"));
+    let persist = |file: &str| {
+        vec![
+            "--block-time".to_owned(),
+            "1".to_owned(),
+            "--state".to_owned(),
+            file.to_owned(),
+            "--state-interval".to_owned(),
+            "1".to_owned(),
+        ]
+    };
+    let (pa, pb, pc) = (persist(&sa), persist(&sb), persist(&sc));
+    let mut honest = vec![
+        Anvil::start(&pa.iter().map(String::as_str).collect::<Vec<_>>()).await,
+        Anvil::start(&pb.iter().map(String::as_str).collect::<Vec<_>>()).await,
+        Anvil::start(&pc.iter().map(String::as_str).collect::<Vec<_>>()).await,
+    ];
     let wrong = Anvil::start(&["--block-time", "1", "--chain-id", "1"]).await;
-    for (name, node, priority) in [("a", &a, 0), ("b", &b, 0), ("c", &c, 0), ("wrong", &wrong, 0)] {
+    for (name, node, priority) in
+        [("a", &honest[0], 0), ("b", &honest[1], 0), ("c", &honest[2], 0), ("wrong", &wrong, 0)]
+    {
         ok(
             &caller,
             "addNode",
@@ -89,7 +128,8 @@ async fn statuses_best_node_and_failover_on_real_evm_nodes() {
     }
 
     // Freeze the chosen node: it falls behind the others (lag > 2), then stalls.
-    let frozen = [&a, &b, &c][["a", "b", "c"].iter().position(|n| *n == first).unwrap()];
+    let names = ["a", "b", "c"];
+    let frozen = &honest[names.iter().position(|n| *n == first).unwrap()];
     frozen.freeze().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     for _ in 0..2 {
@@ -108,13 +148,33 @@ async fn statuses_best_node_and_failover_on_real_evm_nodes() {
     assert_ne!(second, first, "failover away from the lagging node");
 
     // Kill a node: unreachable, unavailable after `fall` checks.
-    c.kill();
+    // Kill a node that is not the frozen one: unreachable, unavailable after `fall` checks.
+    let victim = names.iter().position(|n| *n != first).unwrap();
+    let victim_name = names[victim];
+    honest[victim].kill();
     for _ in 0..2 {
         ok(&caller, "check", json!({})).await;
     }
-    let s = status_of(&ok(&caller, "getNodes", json!({})).await, "c");
+    let s = status_of(&ok(&caller, "getNodes", json!({})).await, victim_name);
     assert_eq!(s["status"], "unavailable", "{s}");
     assert!(s["reason"].as_str().unwrap().starts_with("unreachable"), "{s}");
+
+    // Restarted, it comes back after `rise` (2) good checks.
+    honest[victim].restart().await;
+    ok(&caller, "check", json!({})).await;
+    let s = status_of(&ok(&caller, "getNodes", json!({})).await, victim_name);
+    assert_eq!(s["status"], "unavailable", "one good check is not enough: {s}");
+    assert_eq!(s["rawStatus"], "ok", "{s}");
+    ok(&caller, "check", json!({})).await;
+    let s = status_of(&ok(&caller, "getNodes", json!({})).await, victim_name);
+    assert_eq!(s["status"], "ok", "{s}");
+
+    // The wrong chain is never chosen, whatever happens to the others.
+    for _ in 0..5 {
+        let best = ok(&caller, "getBestNode", json!({"type": "evm-fast"})).await;
+        assert_ne!(best["node"]["name"], "wrong");
+        assert!(best["fallbacks"].as_array().unwrap().iter().all(|f| f["name"] != "wrong"), "{best}");
+    }
 
     // checkNode on one node.
     let one = ok(&caller, "checkNode", json!({"name": "wrong"})).await;
@@ -133,6 +193,7 @@ async fn statuses_best_node_and_failover_on_real_evm_nodes() {
 
     caller.close().await;
     env.finish().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
