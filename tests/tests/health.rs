@@ -80,7 +80,7 @@ async fn failover_on_real_evm_nodes(transport: &str) {
         ]
     };
     let (pa, pb, pc) = (persist(&sa), persist(&sb), persist(&sc));
-    let mut honest = vec![
+    let mut honest = [
         Anvil::start(&pa.iter().map(String::as_str).collect::<Vec<_>>()).await,
         Anvil::start(&pb.iter().map(String::as_str).collect::<Vec<_>>()).await,
         Anvil::start(&pc.iter().map(String::as_str).collect::<Vec<_>>()).await,
