@@ -91,13 +91,16 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 
 "$bin/pgnm-checker" migrate
 
-for svc in router checker scheduler; do
+# The demo fleet: simulated nodes that deploy/nodes.example.yaml points at.
+(PGNM_SIM_NODES="$PWD/deploy/sim-nodes.json" exec "$bin/pgnm-sim" --listen 127.0.0.1:8600) > >(sed -u "s/^/[sim] /") 2>&1 &
+PIDS+=($!)
+for svc in router checker scheduler jrpc-proxy; do
     (PGNM_INSTANCE="$svc-1" exec "$bin/pgnm-$svc") > >(sed -u "s/^/[$svc] /") 2>&1 &
     PIDS+=($!)
 done
 
 say "pgnm is running under prefix $PGNM_PREFIX; logs below, Ctrl-C stops everything."
 say "try, in another shell:  export PGNM_REDIS_URL=$PGNM_REDIS_URL PGNM_PREFIX=$PGNM_PREFIX"
-say "                         $bin/pgnm call ping;  $bin/pgnm nodes list"
+say "                         $bin/pgnm status;  $bin/pgnm best evm-dev;  $bin/pgnm tasks list"
 wait -n "${PIDS[@]}" || true
 say "a process exited; stopping the rest"

@@ -35,6 +35,9 @@ struct Cli {
     /// Tasks due every second in the scheduler benchmark.
     #[arg(long, env = "PGNM_BENCH_TASKS", default_value_t = 1000)]
     tasks: usize,
+    /// Simulated nodes in the check-round benchmark.
+    #[arg(long, env = "PGNM_BENCH_NODES", default_value_t = 10_000)]
+    nodes: usize,
     /// Seconds the scheduler benchmark measures.
     #[arg(long, env = "PGNM_BENCH_SCHEDULER_SECS", default_value_t = 10)]
     scheduler_secs: u64,
@@ -104,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
         }
         services.push(spawn("pgnm-scheduler", "scheduler-1", &cli.redis_url, &prefix, &env)?);
         scheduler(&cli, &caller, &admin, &prefix).await.context("measuring the scheduler")?;
+        let checker_pid = services[1].id();
+        health(&cli, &caller, &admin, checker_pid).await.context("measuring health checks")?;
         anyhow::Ok(())
     }
     .await;
@@ -214,19 +219,33 @@ async fn futures_buffered<F: Future>(futures: Vec<F>, limit: usize) -> Vec<F::Ou
 
 /// Sends `requests` pings with `concurrency` of them in flight at once.
 async fn run(caller: &Arc<Caller>, admin: &Client, concurrency: usize, requests: usize) -> anyhow::Result<Figures> {
+    run_command(caller, admin, concurrency, requests, "ping", serde_json::json!({})).await
+}
+
+/// Sends `requests` `command`s to the checker with `concurrency` in flight at once.
+async fn run_command(
+    caller: &Arc<Caller>,
+    admin: &Client,
+    concurrency: usize,
+    requests: usize,
+    command: &'static str,
+    args: serde_json::Value,
+) -> anyhow::Result<Figures> {
     let before = command_calls(admin).await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let caller = caller.clone();
         let next = next.clone();
+        let args = args.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
                 let t = Instant::now();
-                let reply = caller.call(CallSpec::new("ping", Duration::from_secs(10)).role(Role::Checker)).await?;
+                let spec = CallSpec::new(command, Duration::from_secs(10)).role(Role::Checker).args(args.clone());
+                let reply = caller.call(spec).await?;
                 if let Err(e) = reply.result() {
-                    bail!("ping failed: {} {}", e.code, e.message);
+                    bail!("{command} failed: {} {}", e.code, e.message);
                 }
                 latencies.push(t.elapsed().as_micros() as u64);
             }
@@ -310,4 +329,81 @@ async fn delete_keys(admin: &Client, prefix: &str) -> anyhow::Result<()> {
         }
         cursor = next;
     }
+}
+
+/// Measures a check round over `cli.nodes` simulated nodes (duration, nodes
+/// per second, the checker's peak memory), then
+/// `getBestNode` round trips.
+async fn health(cli: &Cli, caller: &Arc<Caller>, admin: &Client, checker_pid: Option<u32>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_url = format!("http://{}", listener.local_addr()?);
+    let names: Vec<String> = (0..cli.nodes).map(|i| format!("sim-{i:05}")).collect();
+    let nodes =
+        names.iter().map(|n| (n.clone(), pgnm_sim::NodeBehaviour::healthy(pgnm_sim::Family::Evm, "evm"))).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(pgnm_sim::serve(listener, pgnm_sim::Sim::new(nodes), stop.clone()));
+    let adds = names.iter().map(|n| {
+        let caller = caller.clone();
+        let args = serde_json::json!({"type": "evm-dev", "config": {"name": n, "url": format!("{sim_url}/node/{n}")}});
+        async move {
+            let spec = CallSpec::new("addNode", Duration::from_secs(30)).role(Role::Checker).args(args);
+            let reply = caller.call(spec).await?;
+            if let Err(e) = reply.result() {
+                bail!("addNode failed: {} {}", e.code, e.message);
+            }
+            anyhow::Ok(())
+        }
+    });
+    for r in futures_buffered(adds.collect(), 100).await {
+        r?;
+    }
+    println!();
+    println!(
+        "pgnm-bench: check round over {} simulated EVM nodes (4 JSON-RPC calls each), 1 checker replica",
+        cli.nodes
+    );
+    println!("{:>6} {:>9} {:>12} {:>12}", "round", "ms", "nodes/s", "peak RSS MB");
+    for round in 1..=3 {
+        let spec = CallSpec::new("check", Duration::from_secs(300)).role(Role::Checker).args(serde_json::json!({}));
+        let started = Instant::now();
+        let reply = caller.call(spec).await?;
+        let wall = started.elapsed();
+        let data = reply.into_result().map_err(|e| anyhow::anyhow!("check failed: {} {}", e.code, e.message))?;
+        let result: pgnm_protocol::health::CheckResult = pgnm_protocol::decode_data(&data)?;
+        let peak = checker_pid.and_then(peak_rss_mb).map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:>6} {:>9} {:>12.0} {:>12}",
+            round,
+            result.duration_ms,
+            f64::from(result.checked) / wall.as_secs_f64(),
+            peak
+        );
+    }
+    println!();
+    println!("pgnm-bench: getBestNode via the router ({} nodes of the type in the view)", cli.nodes);
+    println!("{:>11} {:>9} {:>10} {:>9} {:>9} {:>9}", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "max ms");
+    let args = serde_json::json!({"type": "evm-dev"});
+    run_command(caller, admin, 10, 2_000, "getBestNode", args.clone()).await?;
+    for &c in &cli.concurrency {
+        let requests = if c == 1 { cli.requests.min(5_000) } else { cli.requests };
+        let f = run_command(caller, admin, c.max(1), requests, "getBestNode", args.clone()).await?;
+        println!(
+            "{:>11} {:>9} {:>10.0} {:>9.3} {:>9.3} {:>9.3}",
+            c,
+            f.requests,
+            f.requests as f64 / f.seconds,
+            f.percentile(0.50),
+            f.percentile(0.99),
+            f.percentile(1.0)
+        );
+    }
+    stop.cancel();
+    Ok(())
+}
+
+/// Returns a process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -94,7 +94,16 @@ pub struct GetBestNodeArgs {
     /// Only nodes carrying every one of these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Fallbacks to return, 0 to 20 (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 20))]
+    pub max_fallbacks: Option<u32>,
 }
+
+/// Default number of fallbacks `getBestNode` returns.
+pub const DEFAULT_FALLBACKS: u32 = 3;
+/// Most fallbacks `getBestNode` returns.
+pub const MAX_FALLBACKS: u32 = 20;
 
 /// A node chosen by `getBestNode`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -123,7 +132,7 @@ pub struct ChosenNode {
 pub struct GetBestNodeResult {
     /// The node to use.
     pub node: ChosenNode,
-    /// The other eligible nodes, best first.
+    /// The next best eligible nodes, best first (at most `maxFallbacks`).
     pub fallbacks: Vec<ChosenNode>,
 }
 

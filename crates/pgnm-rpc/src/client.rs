@@ -86,7 +86,7 @@ impl RpcClient {
     pub fn new() -> RpcClient {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(8)
+            .pool_max_idle_per_host(64)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("pgnm-checker/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -98,8 +98,12 @@ impl From<tokio_postgres::Error> for TaskWriteError {
 
 const TASK_COLUMNS: &str = "t.id, t.name, t.command, t.role, t.args, t.interval_ms, t.cron, t.enabled, \
      t.allow_overlap, t.timeout_ms, (extract(epoch FROM t.next_run_at) * 1000)::bigint AS next_ms, \
-     (extract(epoch FROM t.last_run_at) * 1000)::bigint AS last_ms, t.last_outcome, t.last_error, t.run_count, \
-     t.source, EXISTS (SELECT 1 FROM task_runs r WHERE r.task_id = t.id AND r.outcome IS NULL) AS running";
+     (extract(epoch FROM t.last_run_at) * 1000)::bigint AS last_ms, t.run_count, t.source, \
+     EXISTS (SELECT 1 FROM task_runs r WHERE r.task_id = t.id AND r.outcome IS NULL) AS running";
+
+/// The last finished run's outcome and error, joined where tasks are shown.
+const LAST_OUTCOME: &str = "LEFT JOIN LATERAL (SELECT r.outcome AS last_outcome, r.error AS last_error FROM task_runs r \
+     WHERE r.task_id = t.id AND r.outcome IS NOT NULL ORDER BY r.id DESC LIMIT 1) lo ON TRUE";
 
 fn args_of(v: Option<Json>) -> Option<serde_json::Map<String, Json>> {
     match v {
@@ -108,7 +112,16 @@ fn args_of(v: Option<Json>) -> Option<serde_json::Map<String, Json>> {
     }
 }
 
+/// A task row read without its last outcome (when claiming).
+fn row_to_task_plain(row: &Row) -> TaskRow {
+    task_from(row, None, None)
+}
+
 fn row_to_task(row: &Row) -> TaskRow {
+    task_from(row, row.get("last_outcome"), row.get("last_error"))
+}
+
+fn task_from(row: &Row, last_outcome: Option<String>, last_error: Option<String>) -> TaskRow {
     let interval: Option<i64> = row.get("interval_ms");
     let timeout: i64 = row.get("timeout_ms");
     TaskRow {
@@ -126,8 +139,8 @@ fn row_to_task(row: &Row) -> TaskRow {
         },
         next_run_at: row.get("next_ms"),
         last_run_at: row.get("last_ms"),
-        last_outcome: row.get("last_outcome"),
-        last_error: row.get("last_error"),
+        last_outcome,
+        last_error,
         run_count: row.get("run_count"),
         running: row.get("running"),
         source: row.get("source"),
@@ -166,7 +179,7 @@ impl Store {
         let sql = format!(
             "WITH t AS (INSERT INTO tasks (name, command, role, args, interval_ms, cron, enabled, allow_overlap, \
              timeout_ms, next_run_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             to_timestamp($10::bigint::float8 / 1000), $11) RETURNING *) SELECT {TASK_COLUMNS} FROM t"
+             to_timestamp($10::bigint::float8 / 1000), $11) RETURNING *) SELECT {TASK_COLUMNS}, lo.* FROM t {LAST_OUTCOME}"
         );
         let row = client
             .query_one(
@@ -230,8 +243,9 @@ impl Store {
     /// Returns the tasks, by name.
     pub async fn list_tasks(&self, enabled: Option<bool>) -> Result<Vec<TaskRow>, StoreError> {
         let client = self.client().await?;
-        let sql =
-            format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE ($1::bool IS NULL OR t.enabled = $1) ORDER BY t.name");
+        let sql = format!(
+            "SELECT {TASK_COLUMNS}, lo.* FROM tasks t {LAST_OUTCOME} WHERE ($1::bool IS NULL OR t.enabled = $1) ORDER BY t.name"
+        );
         Ok(client.query(&sql, &[&enabled]).await?.iter().map(row_to_task).collect())
     }
 
@@ -244,7 +258,7 @@ impl Store {
     /// Returns a task.
     pub async fn get_task(&self, name: &str) -> Result<Option<TaskRow>, StoreError> {
         let client = self.client().await?;
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.name = $1");
+        let sql = format!("SELECT {TASK_COLUMNS}, lo.* FROM tasks t {LAST_OUTCOME} WHERE t.name = $1");
         Ok(client.query_opt(&sql, &[&name]).await?.as_ref().map(row_to_task))
     }
 
@@ -261,7 +275,7 @@ impl Store {
             "WITH t AS (UPDATE tasks SET command = $2, role = $3, args = $4, interval_ms = $5, cron = $6, \
              enabled = $7, allow_overlap = $8, timeout_ms = $9, \
              next_run_at = coalesce(to_timestamp($10::bigint::float8 / 1000), next_run_at), updated_at = now() \
-             WHERE name = $1 RETURNING *) SELECT {TASK_COLUMNS} FROM t"
+             WHERE name = $1 RETURNING *) SELECT {TASK_COLUMNS}, lo.* FROM t {LAST_OUTCOME}"
         );
         let row = client
             .query_opt(
@@ -314,7 +328,7 @@ impl Store {
              AND (t.allow_overlap OR NOT EXISTS (SELECT 1 FROM task_runs r WHERE r.task_id = t.id AND r.outcome IS NULL)) \
              ORDER BY t.next_run_at LIMIT $1 FOR UPDATE OF t SKIP LOCKED"
         );
-        let due: Vec<TaskRow> = tx.query(&sql, &[&limit]).await?.iter().map(row_to_task).collect();
+        let due: Vec<TaskRow> = tx.query(&sql, &[&limit]).await?.iter().map(row_to_task_plain).collect();
         if due.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());
@@ -397,7 +411,7 @@ impl Store {
     }
 
     /// Records how runs ended, in one statement (each once: a later report of
-    /// the same run is ignored), and each task's last outcome.
+    /// the same run is ignored).
     pub async fn finish_runs(&self, runs: &[(i64, RunOutcome, Option<String>)]) -> Result<(), StoreError> {
         if runs.is_empty() {
             return Ok(());
@@ -407,12 +421,12 @@ impl Store {
         let errors: Vec<Option<&str>> = runs.iter().map(|r| r.2.as_deref()).collect();
         let client = self.client().await?;
         client
+            // Only the runs' rows: the tasks' rows are locked by claims, and
+            // writing both from two places in different orders could deadlock.
             .execute(
-                "WITH u AS (SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u(id, outcome, error)), \
-                 r AS (UPDATE task_runs SET outcome = u.outcome, error = u.error, finished_at = now() FROM u \
-                 WHERE task_runs.id = u.id AND task_runs.outcome IS NULL \
-                 RETURNING task_runs.task_id, u.outcome, u.error) \
-                 UPDATE tasks SET last_outcome = r.outcome, last_error = r.error FROM r WHERE tasks.id = r.task_id",
+                "UPDATE task_runs SET outcome = u.outcome, error = u.error, finished_at = now() \
+                 FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u(id, outcome, error) \
+                 WHERE task_runs.id = u.id AND task_runs.outcome IS NULL",
                 &[&ids, &outcomes, &errors],
             )
             .await?;

@@ -67,6 +67,52 @@ impl Default for HealthArgs {
 #[derive(Debug, Default)]
 struct Snapshot {
     nodes: Vec<(NodeRow, Option<NodeState>)>,
+    /// Per type: the indexes of its nodes, and of its eligible nodes in order
+    /// of preference (tier, then score), with their scores — built once per
+    /// reload so that `getBestNode` does not scan the fleet.
+    by_type: HashMap<String, TypeIndex>,
+    by_id: HashMap<i64, usize>,
+}
+
+#[derive(Debug, Default)]
+struct TypeIndex {
+    all: Vec<usize>,
+    eligible: Vec<(usize, f64)>,
+}
+
+/// Lower is better: latency, inflated by the error rate and the lag, divided by
+/// the weight.
+fn score(n: &NodeRow, s: &NodeState) -> f64 {
+    let lag = match (s.group_head, s.height) {
+        (Some(g), Some(h)) => (g - h).max(0) as f64,
+        _ => 0.0,
+    };
+    let base = s.latency_ewma_ms.max(1.0) * (1.0 + 4.0 * s.error_rate) + lag * 20.0;
+    base * 100.0 / f64::from(n.spec.weight.max(1))
+}
+
+impl Snapshot {
+    fn new(nodes: Vec<(NodeRow, Option<NodeState>)>) -> Snapshot {
+        let mut by_type: HashMap<String, TypeIndex> = HashMap::new();
+        for (i, (n, s)) in nodes.iter().enumerate() {
+            let index = by_type.entry(n.node_type.clone()).or_default();
+            index.all.push(i);
+            if let Some(s) = s
+                && s.eligible
+                && n.spec.enabled
+            {
+                index.eligible.push((i, score(n, s)));
+            }
+        }
+        for index in by_type.values_mut() {
+            index.eligible.sort_by(|a, b| {
+                let (na, nb) = (&nodes[a.0].0, &nodes[b.0].0);
+                na.spec.priority.cmp(&nb.spec.priority).then(a.1.total_cmp(&b.1)).then(na.id.cmp(&nb.id))
+            });
+        }
+        let by_id = nodes.iter().enumerate().map(|(i, (n, _))| (n.id, i)).collect();
+        Snapshot { nodes, by_type, by_id }
+    }
 }
 
 /// Where status changes are published.
@@ -137,7 +183,8 @@ impl Health {
     /// Reloads the view from the database.
     pub async fn refresh(&self) -> Result<(), pgnm_store::StoreError> {
         let nodes = self.store.fleet().await?;
-        *self.view.write().expect("view lock poisoned") = Arc::new(Snapshot { nodes });
+        let snapshot = Arc::new(Snapshot::new(nodes));
+        *self.view.write().expect("view lock poisoned") = snapshot;
         Ok(())
     }
 
@@ -169,7 +216,8 @@ impl Health {
     /// Returns the live health of node `id`, from the view.
     pub fn live_status(&self, id: i64) -> Option<NodeStatusView> {
         let snap = self.snapshot();
-        snap.nodes.iter().find(|(n, _)| n.id == id).and_then(|(_, s)| s.as_ref().map(status_view))
+        let i = *snap.by_id.get(&id)?;
+        snap.nodes[i].1.as_ref().map(status_view)
     }
 
     /// `check`: one round over the enabled nodes the arguments select.
@@ -370,28 +418,33 @@ impl Health {
         let Some(chain) = self.chains.get(&args.node_type) else {
             return Err(ErrorBody::bad_request(format!("args.type: unknown chain type {:?}", args.node_type)));
         };
+        let max_fallbacks = args.max_fallbacks.unwrap_or(pgnm_protocol::health::DEFAULT_FALLBACKS);
+        if max_fallbacks > pgnm_protocol::health::MAX_FALLBACKS {
+            return Err(ErrorBody::bad_request(format!(
+                "args.maxFallbacks: must be at most {}, got {max_fallbacks}",
+                pgnm_protocol::health::MAX_FALLBACKS
+            )));
+        }
         let snap = self.snapshot();
-        let candidates: Vec<&(NodeRow, Option<NodeState>)> = snap
-            .nodes
+        let empty = TypeIndex::default();
+        let index = snap.by_type.get(&args.node_type).unwrap_or(&empty);
+        let labelled = |n: &NodeRow| args.labels.iter().all(|(k, v)| n.spec.labels.get(k) == Some(v));
+        // The eligible nodes, already in order of preference.
+        let eligible: Vec<(&NodeRow, &NodeState, f64)> = index
+            .eligible
             .iter()
-            .filter(|(n, _)| n.node_type == args.node_type)
-            .filter(|(n, _)| args.labels.iter().all(|(k, v)| n.spec.labels.get(k) == Some(v)))
-            .collect();
-        let score = |n: &NodeRow, s: &NodeState| {
-            let lag = match (s.group_head, s.height) {
-                (Some(g), Some(h)) => (g - h).max(0) as f64,
-                _ => 0.0,
-            };
-            let base = s.latency_ewma_ms.max(1.0) * (1.0 + 4.0 * s.error_rate) + lag * 20.0;
-            base * 100.0 / f64::from(n.spec.weight.max(1))
-        };
-        let mut eligible: Vec<(&NodeRow, &NodeState, f64)> = candidates
-            .iter()
-            .filter_map(|(n, s)| s.as_ref().filter(|s| s.eligible && n.spec.enabled).map(|s| (n, s, score(n, s))))
+            .filter_map(|&(i, score)| {
+                let (n, s) = &snap.nodes[i];
+                s.as_ref().filter(|_| labelled(n)).map(|s| (n, s, score))
+            })
             .collect();
         if eligible.is_empty() {
+            let candidates: Vec<&(NodeRow, Option<NodeState>)> =
+                index.all.iter().map(|&i| &snap.nodes[i]).filter(|(n, _)| labelled(n)).collect();
+            // Each node's reason, for the first hundred (a reply stays small).
             let nodes: Vec<rmpv::Value> = candidates
                 .iter()
+                .take(100)
                 .map(|(n, s)| {
                     let (status, reason) = match (s, n.spec.enabled) {
                         (_, false) => ("disabled".to_owned(), "disabled".to_owned()),
@@ -411,11 +464,11 @@ impl Health {
                 ErrorCode::NoHealthyNode,
                 format!("no eligible {} node{what} ({} known)", chain.name, candidates.len()),
             )
-            .with_details(rmpv::Value::Map(vec![("nodes".into(), rmpv::Value::Array(nodes))])));
+            .with_details(rmpv::Value::Map(vec![
+                ("nodes".into(), rmpv::Value::Array(nodes)),
+                ("known".into(), (candidates.len() as u64).into()),
+            ])));
         }
-        eligible.sort_by(|a, b| {
-            a.0.spec.priority.cmp(&b.0.spec.priority).then(a.2.total_cmp(&b.2)).then(a.0.id.cmp(&b.0.id))
-        });
         let best_tier = eligible[0].0.spec.priority;
         // Sticky: keep the current choice while it is eligible, in the best tier,
         // and not clearly worse than the best (half the score or better).
@@ -444,7 +497,13 @@ impl Health {
             latency_ewma_ms: s.latency_ewma_ms,
         };
         let node = view(&eligible[chosen]);
-        let fallbacks = eligible.iter().enumerate().filter(|(i, _)| *i != chosen).map(|(_, e)| view(e)).collect();
+        let fallbacks = eligible
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != chosen)
+            .take(max_fallbacks as usize)
+            .map(|(_, e)| view(e))
+            .collect();
         Ok(GetBestNodeResult { node, fallbacks })
     }
 
