@@ -94,6 +94,22 @@ impl Store {
             .collect()
     }
 
+    /// Returns a fingerprint of the fleet that changes whenever a node is added,
+    /// changed or removed, or a check is saved: a cheap way to know whether the
+    /// view needs reloading.
+    pub async fn fleet_version(&self) -> Result<(i64, i64, i64), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM nodes), \
+                 (SELECT coalesce((extract(epoch FROM max(updated_at)) * 1000)::bigint, 0) FROM nodes), \
+                 (SELECT coalesce((extract(epoch FROM max(checked_at)) * 1000)::bigint, 0) FROM node_state)",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
     /// Writes the states of a round and appends them to the history, in one
     /// transaction of two statements.
     pub async fn save_checks(&self, states: &[NodeState]) -> Result<(), StoreError> {

@@ -115,6 +115,9 @@ impl Snapshot {
     }
 }
 
+/// The fingerprint of the fleet a view was loaded at.
+type FleetVersion = (i64, i64, i64);
+
 /// Where status changes are published.
 pub type EventSink = Box<dyn Fn(Vec<StatusEvent>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
@@ -125,6 +128,7 @@ pub struct Health {
     rpc: RpcClient,
     args: HealthArgs,
     view: RwLock<Arc<Snapshot>>,
+    version: Mutex<Option<(FleetVersion, Instant)>>,
     sticky: Mutex<HashMap<String, i64>>,
     events: EventSink,
     proxy: pgnm_bus::Caller,
@@ -170,6 +174,7 @@ impl Health {
             rpc: RpcClient::new(),
             args,
             view: RwLock::new(Arc::default()),
+            version: Mutex::default(),
             sticky: Mutex::default(),
             events,
             proxy,
@@ -182,9 +187,32 @@ impl Health {
 
     /// Reloads the view from the database.
     pub async fn refresh(&self) -> Result<(), pgnm_store::StoreError> {
+        let version = self.store.fleet_version().await?;
+        self.load(version).await
+    }
+
+    /// Reloads the view if the fleet changed since the last load.
+    async fn refresh_if_changed(&self) -> Result<(), pgnm_store::StoreError> {
+        // The fingerprint can miss a change committed late with an older
+        // timestamp: reload in full every ten periods whatever it says.
+        let version = self.store.fleet_version().await?;
+        let full_after = Duration::from_millis(self.args.view_refresh_ms.max(10) * 10);
+        let unchanged = matches!(
+            *self.version.lock().expect("version lock poisoned"),
+            Some((v, at)) if v == version && at.elapsed() < full_after
+        );
+        if unchanged {
+            return Ok(());
+        }
+        self.load(version).await
+    }
+
+    async fn load(&self, version: FleetVersion) -> Result<(), pgnm_store::StoreError> {
+        // The version is read first: a change after it makes the next one differ.
         let nodes = self.store.fleet().await?;
         let snapshot = Arc::new(Snapshot::new(nodes));
         *self.view.write().expect("view lock poisoned") = snapshot;
+        *self.version.lock().expect("version lock poisoned") = Some((version, Instant::now()));
         Ok(())
     }
 
@@ -198,7 +226,7 @@ impl Health {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            match self.refresh().await {
+            match self.refresh_if_changed().await {
                 Ok(()) if failing => {
                     info!("the fleet view is current again");
                     failing = false;
@@ -429,15 +457,13 @@ impl Health {
         let empty = TypeIndex::default();
         let index = snap.by_type.get(&args.node_type).unwrap_or(&empty);
         let labelled = |n: &NodeRow| args.labels.iter().all(|(k, v)| n.spec.labels.get(k) == Some(v));
-        // The eligible nodes, already in order of preference.
-        let eligible: Vec<(&NodeRow, &NodeState, f64)> = index
-            .eligible
-            .iter()
-            .filter_map(|&(i, score)| {
-                let (n, s) = &snap.nodes[i];
-                s.as_ref().filter(|_| labelled(n)).map(|s| (n, s, score))
-            })
-            .collect();
+        // The eligible nodes, already in order of preference; only the first few
+        // are looked at (the answer and its fallbacks), plus the sticky choice.
+        let mut ranked = index.eligible.iter().filter_map(|&(i, score)| {
+            let (n, s) = &snap.nodes[i];
+            s.as_ref().filter(|_| labelled(n)).map(|s| (n, s, score))
+        });
+        let eligible: Vec<(&NodeRow, &NodeState, f64)> = ranked.by_ref().take(max_fallbacks as usize + 1).collect();
         if eligible.is_empty() {
             let candidates: Vec<&(NodeRow, Option<NodeState>)> =
                 index.all.iter().map(|&i| &snap.nodes[i]).filter(|(n, _)| labelled(n)).collect();
@@ -469,24 +495,25 @@ impl Health {
                 ("known".into(), (candidates.len() as u64).into()),
             ])));
         }
-        let best_tier = eligible[0].0.spec.priority;
+        let best = eligible[0];
         // Sticky: keep the current choice while it is eligible, in the best tier,
         // and not clearly worse than the best (half the score or better).
         let key = format!("{}|{:?}", args.node_type, args.labels);
-        let chosen = {
-            let mut sticky = self.sticky.lock().expect("sticky lock poisoned");
-            let current = sticky.get(&key).and_then(|id| eligible.iter().position(|(n, _, _)| n.id == *id));
-            let pick = match current {
-                Some(i) if eligible[i].0.spec.priority == best_tier && eligible[i].2 <= eligible[0].2 * 2.0 => i,
-                _ => 0,
-            };
-            if current != Some(pick) {
-                let (n, _, _) = eligible[pick];
-                info!(r#type = %args.node_type, node = %n.node_hash, name = %n.spec.name, "best node switched");
-            }
-            sticky.insert(key, eligible[pick].0.id);
-            pick
+        let mut sticky = self.sticky.lock().expect("sticky lock poisoned");
+        let current = sticky.get(&key).and_then(|id| snap.by_id.get(id)).and_then(|&i| {
+            let (n, s) = &snap.nodes[i];
+            let s = s.as_ref().filter(|s| s.eligible && n.spec.enabled && labelled(n))?;
+            Some((n, s, score(n, s)))
+        });
+        let chosen = match current {
+            Some(c) if c.0.spec.priority == best.0.spec.priority && c.2 <= best.2 * 2.0 => c,
+            _ => best,
         };
+        if current.map(|c| c.0.id) != Some(chosen.0.id) {
+            info!(r#type = %args.node_type, node = %chosen.0.node_hash, name = %chosen.0.spec.name, "best node switched");
+        }
+        sticky.insert(key, chosen.0.id);
+        drop(sticky);
         let view = |(n, s, _): &(&NodeRow, &NodeState, f64)| ChosenNode {
             id: n.id,
             node_hash: n.node_hash.clone(),
@@ -496,14 +523,9 @@ impl Health {
             height: s.height,
             latency_ewma_ms: s.latency_ewma_ms,
         };
-        let node = view(&eligible[chosen]);
-        let fallbacks = eligible
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != chosen)
-            .take(max_fallbacks as usize)
-            .map(|(_, e)| view(e))
-            .collect();
+        let node = view(&chosen);
+        let fallbacks =
+            eligible.iter().filter(|e| e.0.id != chosen.0.id).take(max_fallbacks as usize).map(view).collect();
         Ok(GetBestNodeResult { node, fallbacks })
     }
 
