@@ -118,6 +118,7 @@ async fn every_behaviour_gets_its_status_and_reason() {
         ("evm-healthy-1", "evm-sim", evm(), "ok", "ok"),
         ("evm-healthy-2", "evm-sim", with(evm(), |b| b.no_peer_count = true), "ok", "ok"),
         ("evm-healthy-3", "evm-sim", evm(), "ok", "ok"),
+        ("evm-no-batch", "evm-sim", with(evm(), |b| b.no_batch = true), "ok", "ok"),
         ("evm-lag", "evm-sim", with(evm(), |b| b.lag = 5), "lagging", "lag"),
         ("evm-stalled", "evm-sim", with(evm(), |b| b.stalled_at = Some(90)), "lagging", "stalled"),
         ("evm-syncing", "evm-sim", with(evm(), |b| b.syncing = true), "syncing", "syncing"),
@@ -150,7 +151,9 @@ async fn every_behaviour_gets_its_status_and_reason() {
     assert!(f.best("evm-sim").await.starts_with("evm-healthy"));
     assert!(f.best("btc-sim").await.starts_with("btc-healthy"));
     let best = ok(&f.caller, "getBestNode", json!({"type": "evm-sim"})).await;
-    assert_eq!(best["fallbacks"].as_array().unwrap().len(), 2, "{best}");
+    assert_eq!(best["fallbacks"].as_array().unwrap().len(), 3, "{best}");
+    let best = ok(&f.caller, "getBestNode", json!({"type": "evm-sim", "maxFallbacks": 1})).await;
+    assert_eq!(best["fallbacks"].as_array().unwrap().len(), 1, "{best}");
     f.finish().await;
 }
 

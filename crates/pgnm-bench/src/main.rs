@@ -364,7 +364,7 @@ async fn health(cli: &Cli, caller: &Arc<Caller>, admin: &Client, checker_pid: Op
     }
     println!();
     println!(
-        "pgnm-bench: check round over {} simulated EVM nodes (4 JSON-RPC calls each), 1 checker replica",
+        "pgnm-bench: check round over {} simulated EVM nodes (one batched JSON-RPC request each), 1 checker replica",
         cli.nodes
     );
     println!("{:>6} {:>9} {:>12} {:>12}", "round", "ms", "nodes/s", "peak RSS MB");

@@ -103,12 +103,60 @@ impl RpcClient {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, RpcError> {
-        let version = match dialect {
-            Dialect::V1 => "1.0",
-            Dialect::V2 => "2.0",
+        let body = json!({"jsonrpc": dialect.version(), "id": 1, "method": method, "params": params});
+        let (status, parsed) = self.post(endpoint, &body, timeout).await?;
+        if let Some(Value::Object(map)) = &parsed {
+            return answer(map, status);
+        }
+        if !(200..300).contains(&status) {
+            return Err(RpcError::Http(status));
+        }
+        Err(RpcError::BadResponse("not a JSON-RPC response".to_owned()))
+    }
+
+    /// Sends `calls` as one JSON-RPC batch (one HTTP request) and returns each
+    /// call's outcome, in order. A node that does not answer batches gets
+    /// `BadResponse`, so the caller can fall back to single calls.
+    pub async fn batch(
+        &self,
+        endpoint: &Endpoint,
+        dialect: Dialect,
+        calls: &[(&str, Value)],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Value, RpcError>>, RpcError> {
+        let body: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(id, (method, params))| json!({"jsonrpc": dialect.version(), "id": id, "method": method, "params": params}))
+            .collect();
+        let (status, parsed) = self.post(endpoint, &Value::Array(body), timeout).await?;
+        let Some(Value::Array(items)) = parsed else {
+            return Err(match parsed {
+                None if !(200..300).contains(&status) => RpcError::Http(status),
+                _ => RpcError::BadResponse("the node does not answer JSON-RPC batches".to_owned()),
+            });
         };
-        let body = json!({"jsonrpc": version, "id": 1, "method": method, "params": params});
-        let mut request = self.http.post(&endpoint.url).timeout(timeout).json(&body);
+        let mut out: Vec<Result<Value, RpcError>> =
+            calls.iter().map(|_| Err(RpcError::BadResponse("missing from the batch answer".to_owned()))).collect();
+        for item in items {
+            let Value::Object(map) = item else { continue };
+            let Some(id) = map.get("id").and_then(Value::as_u64).map(|i| i as usize).filter(|i| *i < out.len()) else {
+                continue;
+            };
+            out[id] = answer(&map, status);
+        }
+        Ok(out)
+    }
+
+    /// Posts a JSON body; returns the HTTP status and the body parsed as JSON
+    /// (if it is). Authentication and rate limits are errors here.
+    async fn post(
+        &self,
+        endpoint: &Endpoint,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, Option<Value>), RpcError> {
+        let mut request = self.http.post(&endpoint.url).timeout(timeout).json(body);
         if let Some((user, pass)) = &endpoint.basic {
             request = request.basic_auth(user, Some(pass));
         }
@@ -141,23 +189,31 @@ impl RpcClient {
             .await
             .map_err(|e| if e.is_timeout() { RpcError::Timeout } else { RpcError::Connect(root_cause(&e)) })?;
         // bitcoind answers RPC errors with HTTP 500 (or 404 for an unknown
-        // method) and a JSON-RPC body: read the body first.
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-        if let Some(Value::Object(map)) = &parsed {
-            if let Some(error) = map.get("error").filter(|e| !e.is_null()) {
-                let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
-                let message = error.get("message").and_then(Value::as_str).unwrap_or("").chars().take(200).collect();
-                return Err(if code == -32601 { RpcError::MethodNotFound } else { RpcError::Rpc { code, message } });
-            }
-            if (200..300).contains(&status) {
-                return map.get("result").cloned().ok_or_else(|| RpcError::BadResponse("no result".to_owned()));
-            }
-        }
-        if !(200..300).contains(&status) {
-            return Err(RpcError::Http(status));
-        }
-        Err(RpcError::BadResponse("not a JSON-RPC response".to_owned()))
+        // method) and a JSON-RPC body: the body is read whatever the status.
+        Ok((status, serde_json::from_slice(&bytes).ok()))
     }
+}
+
+impl Dialect {
+    fn version(self) -> &'static str {
+        match self {
+            Dialect::V1 => "1.0",
+            Dialect::V2 => "2.0",
+        }
+    }
+}
+
+/// Reads one JSON-RPC response object.
+fn answer(map: &serde_json::Map<String, Value>, status: u16) -> Result<Value, RpcError> {
+    if let Some(error) = map.get("error").filter(|e| !e.is_null()) {
+        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let message = error.get("message").and_then(Value::as_str).unwrap_or("").chars().take(200).collect();
+        return Err(if code == -32601 { RpcError::MethodNotFound } else { RpcError::Rpc { code, message } });
+    }
+    if !(200..300).contains(&status) {
+        return Err(RpcError::Http(status));
+    }
+    map.get("result").cloned().ok_or_else(|| RpcError::BadResponse("no result".to_owned()))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

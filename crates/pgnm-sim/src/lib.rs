@@ -74,6 +74,9 @@ pub struct NodeBehaviour {
     /// Does not implement `net_peerCount` (like anvil).
     #[serde(default)]
     pub no_peer_count: bool,
+    /// Refuses JSON-RPC batches (HTTP 400), as some providers do.
+    #[serde(default)]
+    pub no_batch: bool,
 }
 
 fn default_chain() -> String {
@@ -106,6 +109,7 @@ impl NodeBehaviour {
             http_status: None,
             flapping: false,
             no_peer_count: false,
+            no_batch: false,
         }
     }
 }
@@ -206,8 +210,10 @@ fn hex(v: u64) -> String {
 }
 
 async fn rpc(State(sim): State<Arc<Sim>>, Path(name): Path<String>, Json(request): Json<Value>) -> Response {
-    let method = request["method"].as_str().unwrap_or("").to_owned();
-    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let calls: Vec<Value> = match &request {
+        Value::Array(items) => items.clone(),
+        single => vec![single.clone()],
+    };
     // Decide under the lock, answer after it.
     let decision = {
         let mut nodes = sim.nodes.lock().expect("sim lock poisoned");
@@ -216,7 +222,7 @@ async fn rpc(State(sim): State<Arc<Sim>>, Path(name): Path<String>, Json(request
         };
         node.calls += 1;
         // One probe = one eth_chainId / getblockchaininfo call.
-        if method == "eth_chainId" || method == "getblockchaininfo" {
+        if calls.iter().any(|c| matches!(c["method"].as_str(), Some("eth_chainId" | "getblockchaininfo"))) {
             node.probes += 1;
         }
         let b = node.behaviour.clone();
@@ -238,21 +244,35 @@ async fn rpc(State(sim): State<Arc<Sim>>, Path(name): Path<String>, Json(request
         }
         return (code, headers, "simulated HTTP error").into_response();
     }
+    if b.no_batch && request.is_array() {
+        return (StatusCode::BAD_REQUEST, "batches are not supported").into_response();
+    }
+    let answers: Vec<Value> = calls.iter().map(|c| answer(&b, c, height, chain_height)).collect();
+    match request {
+        Value::Array(_) => (StatusCode::OK, Json(Value::Array(answers))).into_response(),
+        _ => {
+            let one = answers.into_iter().next().unwrap_or(Value::Null);
+            // bitcoind answers errors with HTTP 500.
+            let status = if b.family == Family::Bitcoin && one["error"].is_object() {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(one)).into_response()
+        }
+    }
+}
+
+/// Returns the JSON-RPC response object to one call.
+fn answer(b: &NodeBehaviour, call: &Value, height: u64, chain_height: u64) -> Value {
+    let method = call["method"].as_str().unwrap_or("");
+    let id = call.get("id").cloned().unwrap_or(Value::Null);
     let version = if b.family == Family::Bitcoin { "1.0" } else { "2.0" };
-    let reply = |result: Result<Value, (i64, &str)>| -> Response {
-        let body = match result {
-            Ok(r) => json!({"jsonrpc": version, "id": id, "result": r, "error": null}),
-            Err((code, message)) => {
-                json!({"jsonrpc": version, "id": id, "result": null, "error": {"code": code, "message": message}})
-            }
-        };
-        // bitcoind answers errors with HTTP 500.
-        let status = if b.family == Family::Bitcoin && body["error"].is_object() {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::OK
-        };
-        (status, Json(body)).into_response()
+    let reply = |result: Result<Value, (i64, &str)>| match result {
+        Ok(r) => json!({"jsonrpc": version, "id": id, "result": r, "error": null}),
+        Err((code, message)) => {
+            json!({"jsonrpc": version, "id": id, "result": null, "error": {"code": code, "message": message}})
+        }
     };
     if let Some(code) = b.rpc_error {
         return reply(Err((code, "simulated error")));
@@ -260,7 +280,7 @@ async fn rpc(State(sim): State<Arc<Sim>>, Path(name): Path<String>, Json(request
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let head_time = if b.stalled_at.is_some() { now_s.saturating_sub(3600) } else { now_s };
     let hash = format!("0x{:064x}", height.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let result = match (b.family, method.as_str()) {
+    let result = match (b.family, method) {
         (Family::Evm, "eth_chainId") => Ok(json!(hex(b.chain_id))),
         (Family::Evm, "eth_blockNumber") => Ok(json!(hex(height))),
         (Family::Evm, "eth_syncing") if b.syncing => {

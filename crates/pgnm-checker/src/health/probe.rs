@@ -63,13 +63,16 @@ impl Probe for EvmProbe {
     fn probe<'a>(&'a self, rpc: &'a dyn JsonRpc, chain: &'a ChainType, timeout: Duration) -> ProbeFuture<'a> {
         Box::pin(async move {
             let started = Instant::now();
-            let call = |method: &'static str, params: Value| rpc.call(Dialect::V2, method, params, timeout);
-            let (chain_id, syncing, block, peers) = tokio::join!(
-                call("eth_chainId", json!([])),
-                call("eth_syncing", json!([])),
-                call("eth_getBlockByNumber", json!(["latest", false])),
-                call("net_peerCount", json!([])),
-            );
+            let calls = vec![
+                ("eth_chainId", json!([])),
+                ("eth_syncing", json!([])),
+                ("eth_getBlockByNumber", json!(["latest", false])),
+                ("net_peerCount", json!([])),
+            ];
+            // One batch request where the node takes batches.
+            let mut results = rpc.batch(Dialect::V2, calls, timeout).await?.into_iter();
+            let mut next = || results.next().unwrap_or(Err(RpcError::BadResponse("short batch answer".to_owned())));
+            let (chain_id, syncing, block, peers) = (next(), next(), next(), next());
             let chain_id = hex_u64(&chain_id?, "eth_chainId")?;
             let syncing = match syncing? {
                 Value::Bool(b) => b,

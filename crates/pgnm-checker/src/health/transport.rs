@@ -15,10 +15,21 @@ use serde_json::Value;
 /// A boxed call future.
 pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send + 'a>>;
 
+/// A boxed batch future: each call's outcome, in order.
+pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Result<Value, RpcError>>, RpcError>> + Send + 'a>>;
+
 /// One node's JSON-RPC.
 pub trait JsonRpc: Send + Sync {
     /// Calls `method` within `timeout`.
     fn call<'a>(&'a self, dialect: Dialect, method: &'a str, params: Value, timeout: Duration) -> CallFuture<'a>;
+
+    /// Makes several calls; by default one request each, at once.
+    fn batch<'a>(&'a self, dialect: Dialect, calls: Vec<(&'static str, Value)>, timeout: Duration) -> BatchFuture<'a> {
+        Box::pin(async move {
+            let calls = calls.into_iter().map(|(m, p)| self.call(dialect, m, p, timeout));
+            Ok(futures::future::join_all(calls).await)
+        })
+    }
 }
 
 /// HTTP from the checker, secrets resolved here.
@@ -33,6 +44,21 @@ pub struct Direct<'a> {
 impl JsonRpc for Direct<'_> {
     fn call<'a>(&'a self, dialect: Dialect, method: &'a str, params: Value, timeout: Duration) -> CallFuture<'a> {
         Box::pin(self.client.call(&self.endpoint, dialect, method, params, timeout))
+    }
+
+    /// One HTTP request for all the calls; a node that refuses batches gets
+    /// them one by one.
+    fn batch<'a>(&'a self, dialect: Dialect, calls: Vec<(&'static str, Value)>, timeout: Duration) -> BatchFuture<'a> {
+        Box::pin(async move {
+            match self.client.batch(&self.endpoint, dialect, &calls, timeout).await {
+                Err(RpcError::BadResponse(_) | RpcError::Http(400 | 404 | 405 | 415 | 501)) => {
+                    let calls =
+                        calls.into_iter().map(|(m, p)| self.client.call(&self.endpoint, dialect, m, p, timeout));
+                    Ok(futures::future::join_all(calls).await)
+                }
+                other => other,
+            }
+        })
     }
 }
 
