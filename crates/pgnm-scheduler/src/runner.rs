@@ -48,43 +48,51 @@ pub async fn run(store: Store, caller: Caller, settings: Settings, shutdown: Can
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
+        // Claimed runs are ours even if the takeover query then fails: each
+        // result is handled on its own.
         let claimed = store.claim_due_runs(&settings.instance, BATCH, settings.lease_ms, schedule::next_run).await;
         let taken = store.take_over_runs(&settings.instance, BATCH, settings.lease_ms).await;
-        match (claimed, taken) {
-            (Ok(claimed), Ok(taken)) => {
-                if failing {
-                    info!("task runner reaches the database again");
-                    failing = false;
-                }
-                for run in taken.iter() {
-                    info!(task = %run.name, request = %run.request_id, attempt = run.attempts, "taking over a run");
-                }
-                let busy = claimed.len() as i64 == BATCH || taken.len() as i64 == BATCH;
-                for run in claimed.into_iter().chain(taken) {
-                    held.lock().expect("held lock poisoned").insert(run.run_id);
-                    tracker.spawn(dispatch(caller.clone(), run, held.clone(), done_tx.clone()));
-                }
-                // Sleep until the next tick is due (at most one poll period), so
-                // dispatch is on time without hammering the database.
-                wait = if busy {
-                    Duration::ZERO
-                } else {
-                    match store.next_due().await {
-                        Ok((Some(due), now)) => {
-                            Duration::from_millis((due - now).clamp(2, settings.poll.as_millis() as i64) as u64)
+        let mut busy = false;
+        let mut error = None;
+        for (result, takeover) in [(claimed, false), (taken, true)] {
+            match result {
+                Ok(runs) => {
+                    busy |= runs.len() as i64 == BATCH;
+                    for run in runs {
+                        if takeover {
+                            info!(task = %run.name, request = %run.request_id, attempt = run.attempts, "taking over a run");
                         }
-                        _ => settings.poll,
+                        held.lock().expect("held lock poisoned").insert(run.run_id);
+                        tracker.spawn(dispatch(caller.clone(), run, held.clone(), done_tx.clone()));
                     }
-                };
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                if !failing {
-                    warn!(error = %e, "task runner cannot reach the database; retrying");
-                    failing = true;
                 }
-                wait = settings.poll;
+                Err(e) => error = Some(e),
             }
         }
+        if let Some(e) = error {
+            if !failing {
+                warn!(error = %e, "task runner cannot reach the database; retrying");
+                failing = true;
+            }
+            wait = settings.poll;
+            continue;
+        }
+        if failing {
+            info!("task runner reaches the database again");
+            failing = false;
+        }
+        // Sleep until the next tick is due (at most one poll period), so
+        // dispatch is on time without hammering the database.
+        wait = if busy {
+            Duration::ZERO
+        } else {
+            match store.next_due().await {
+                Ok((Some(due), now)) => {
+                    Duration::from_millis((due - now).clamp(2, settings.poll.as_millis() as i64) as u64)
+                }
+                _ => settings.poll,
+            }
+        };
     }
     tracker.close();
     if tokio::time::timeout(Duration::from_millis(settings.lease_ms), tracker.wait()).await.is_err() {
