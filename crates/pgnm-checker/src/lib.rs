@@ -102,11 +102,14 @@ fn event_sink(bus: Bus) -> EventSink {
         let bus = bus.clone();
         Box::pin(async move {
             let stream = bus.keys().events();
-            for event in events {
-                let Ok(payload) = encode_data(&event) else { continue };
-                if let Err(e) = pgnm_bus::caller::send_capped(&bus, &stream, payload, EVENTS_MAXLEN).await {
-                    tracing::warn!(error = %e, "cannot publish a status event");
-                }
+            // All at once: the client pipelines them.
+            let sends = events
+                .iter()
+                .filter_map(|event| encode_data(event).ok())
+                .map(|payload| pgnm_bus::caller::send_capped(&bus, &stream, payload, EVENTS_MAXLEN));
+            let failed = futures::future::join_all(sends).await.into_iter().filter(Result::is_err).count();
+            if failed > 0 {
+                tracing::warn!(failed, "cannot publish status events");
             }
         })
     })

@@ -6,7 +6,7 @@ pub mod probe;
 pub mod status;
 pub mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -281,12 +281,11 @@ impl Health {
         for s in &states {
             *by_status.entry(s.status.clone()).or_default() += 1;
         }
-        for &i in &targets {
-            let node = &fleet[i].0;
-            if let Some(s) = states.iter().find(|s| s.node_id == node.id)
-                && let Some(g) = s.group_head
-            {
-                group_heads.insert(node.node_type.clone(), g as u64);
+        let type_of: HashMap<i64, &str> =
+            targets.iter().map(|&i| (fleet[i].0.id, fleet[i].0.node_type.as_str())).collect();
+        for s in &states {
+            if let (Some(t), Some(g)) = (type_of.get(&s.node_id), s.group_head) {
+                group_heads.insert((*t).to_owned(), g as u64);
             }
         }
         let result = CheckResult {
@@ -376,7 +375,8 @@ impl Health {
                 seen.insert(*i, obs);
             }
         }
-        let types: Vec<&str> = targets.iter().map(|&i| fleet[i].0.node_type.as_str()).collect();
+        let types: HashSet<&str> = targets.iter().map(|&i| fleet[i].0.node_type.as_str()).collect();
+        let in_round: HashSet<usize> = targets.iter().copied().collect();
         let heights = fleet
             .iter()
             .enumerate()
@@ -384,7 +384,7 @@ impl Health {
             .filter_map(|(i, (n, s))| match seen.get(&i) {
                 Some(obs) if obs.wrong_chain.is_none() && !obs.syncing => Some((n.node_type.clone(), obs.height)),
                 Some(_) => None,
-                None if targets.contains(&i) => None,
+                None if in_round.contains(&i) => None,
                 None => s
                     .as_ref()
                     .filter(|s| s.raw_status == status::OK || s.raw_status == status::LAGGING)
