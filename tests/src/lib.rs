@@ -376,6 +376,28 @@ fn spawn_service<E: std::fmt::Display>(
     })
 }
 
+/// Sends `command` to `role` and returns its result as JSON, or its error.
+pub async fn call_json(
+    caller: &Caller,
+    role: pgnm_protocol::Role,
+    command: &str,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, pgnm_protocol::ErrorBody> {
+    let spec = pgnm_bus::CallSpec::new(command, Duration::from_secs(15)).role(role).args(args);
+    let reply = caller.call(spec).await.expect("a reply");
+    reply.into_result().map(|data| pgnm_protocol::decode_data(&data).expect("JSON-compatible data"))
+}
+
+/// Runs the `pgnm` CLI against this installation.
+pub fn run_cli(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("pgnm"))
+        .args(args)
+        .env("PGNM_REDIS_URL", &env.url)
+        .env("PGNM_PREFIX", &env.prefix)
+        .output()
+        .expect("run pgnm")
+}
+
 /// Returns the path of one of the workspace's binaries, built by `make test`
 /// (`cargo build --workspace --bins`) next to the test executables.
 pub fn binary(name: &str) -> PathBuf {

@@ -5,15 +5,13 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use pgnm_bus::{CallSpec, Caller};
+use pgnm_bus::Caller;
 use pgnm_protocol::{ErrorBody, ErrorCode, Role};
 use pgnm_tests::{Anvil, Env, fast_worker};
 use serde_json::{Value, json};
 
 async fn call(caller: &Caller, role: Role, command: &str, args: Value) -> Result<Value, ErrorBody> {
-    let spec = CallSpec::new(command, Duration::from_secs(15)).role(role).args(args);
-    let reply = caller.call(spec).await.expect("a reply");
-    reply.into_result().map(|data| pgnm_protocol::decode_data::<Value>(&data).expect("JSON-compatible data"))
+    pgnm_tests::call_json(caller, role, command, args).await
 }
 
 async fn ok(caller: &Caller, command: &str, args: Value) -> Value {
@@ -221,12 +219,7 @@ async fn the_default_check_task_drives_check_rounds() {
     assert!(later["height"].as_i64().unwrap() > first, "rounds keep running: {later}");
     // The operator's view of it.
     let pgnm = |args: &[&str]| {
-        let out = std::process::Command::new(pgnm_tests::binary("pgnm"))
-            .args(args)
-            .env("PGNM_REDIS_URL", &env.url)
-            .env("PGNM_PREFIX", &env.prefix)
-            .output()
-            .expect("run pgnm");
+        let out = pgnm_tests::run_cli(&env, args);
         assert!(out.status.success(), "pgnm {args:?}: {}", String::from_utf8_lossy(&out.stdout));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

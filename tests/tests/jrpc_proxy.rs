@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pgnm_bus::{CallSpec, Caller};
+use pgnm_bus::Caller;
 use pgnm_protocol::{ErrorBody, ErrorCode, Role};
 use pgnm_sim::{Family, NodeBehaviour, Sim};
 use pgnm_tests::{Env, fast_worker};
@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 async fn call(caller: &Caller, role: Role, command: &str, args: Value) -> Result<Value, ErrorBody> {
-    let spec = CallSpec::new(command, Duration::from_secs(15)).role(role).args(args);
-    let reply = caller.call(spec).await.expect("a reply");
-    reply.into_result().map(|data| pgnm_protocol::decode_data::<Value>(&data).expect("JSON-compatible data"))
+    pgnm_tests::call_json(caller, role, command, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

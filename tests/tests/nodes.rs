@@ -1,17 +1,13 @@
 //! The node registry over the wire: every command through the router to the
 //! checker, against the real PostgreSQL and Redis.
 
-use std::time::Duration;
-
-use pgnm_bus::{CallSpec, Caller};
+use pgnm_bus::Caller;
 use pgnm_protocol::{ErrorBody, ErrorCode, Role};
 use pgnm_tests::{Env, fast_worker, spawn_binary_logged};
 use serde_json::{Value, json};
 
 async fn call(caller: &Caller, command: &str, args: Value) -> Result<Value, ErrorBody> {
-    let spec = CallSpec::new(command, Duration::from_secs(10)).role(Role::Checker).args(args);
-    let reply = caller.call(spec).await.expect("a reply");
-    reply.into_result().map(|data| pgnm_protocol::decode_data::<Value>(&data).expect("JSON-compatible data"))
+    pgnm_tests::call_json(caller, Role::Checker, command, args).await
 }
 
 async fn ok(caller: &Caller, command: &str, args: Value) -> Value {
@@ -464,12 +460,7 @@ async fn the_cli_manages_nodes_and_tasks() {
     let mut env = Env::new().await;
     env.start_all().await;
     let pgnm = |args: &[&str]| {
-        let out = std::process::Command::new(pgnm_tests::binary("pgnm"))
-            .args(args)
-            .env("PGNM_REDIS_URL", &env.url)
-            .env("PGNM_PREFIX", &env.prefix)
-            .output()
-            .expect("run pgnm");
+        let out = pgnm_tests::run_cli(&env, args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pgnm_bus::CallSpec;
 use pgnm_protocol::ping::{PingArgs, PingResult};
 use pgnm_protocol::{ErrorCode, Role};
-use pgnm_tests::{Env, binary};
+use pgnm_tests::Env;
 
 fn ping_result(value: &rmpv::Value) -> PingResult {
     pgnm_protocol::decode_data(value).expect("a ping result")
@@ -46,14 +46,7 @@ async fn ping_reaches_every_role_and_comes_back() {
 async fn cli_call_prints_the_reply_and_sets_the_exit_status() {
     let mut env = Env::new().await;
     env.start_all().await;
-    let run = |args: &[&str]| {
-        std::process::Command::new(binary("pgnm"))
-            .args(args)
-            .env("PGNM_REDIS_URL", &env.url)
-            .env("PGNM_PREFIX", &env.prefix)
-            .output()
-            .expect("run pgnm")
-    };
+    let run = |args: &[&str]| pgnm_tests::run_cli(&env, args);
 
     let out = run(&["call", "ping", "--role", "checker", "--args", r#"{"echo":"from the cli"}"#, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -5,15 +5,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fred::prelude::*;
-use pgnm_bus::{CallSpec, Caller};
+use pgnm_bus::Caller;
 use pgnm_protocol::{ErrorBody, ErrorCode, Role};
 use pgnm_tests::{Env, fast_worker, spawn_binary};
 use serde_json::{Value, json};
 
 async fn call(caller: &Caller, command: &str, args: Value) -> Result<Value, ErrorBody> {
-    let spec = CallSpec::new(command, Duration::from_secs(10)).role(Role::Scheduler).args(args);
-    let reply = caller.call(spec).await.expect("a reply");
-    reply.into_result().map(|data| pgnm_protocol::decode_data::<Value>(&data).expect("JSON-compatible data"))
+    pgnm_tests::call_json(caller, Role::Scheduler, command, args).await
 }
 
 async fn ok(caller: &Caller, command: &str, args: Value) -> Value {

@@ -104,18 +104,12 @@ impl<H: CommandHandler> EntryHandler for RoleService<H> {
 
 impl<H: CommandHandler> RoleService<H> {
     async fn handle_request(&self, delivery: Delivery, request: Request) -> Disposition {
-        let reply_to = match &request.reply_to {
-            Some(to) => match self.bus.keys().check_reply_stream(to) {
-                Ok(()) => Some(to.as_str()),
-                Err(reason) => return Disposition::DeadLetter(format!("replyTo {to:?} {reason}")),
-            },
-            None => None,
+        let reply_to = match reply_stream(&self.bus, request.reply_to.as_deref()) {
+            Ok(to) => to,
+            Err(dead) => return dead,
         };
         let id = request.id.as_str();
-        let refuse = |error: ErrorBody| async move {
-            debug!(code = %error.code, message = %error.message, "request refused");
-            answer_once(&self.bus, id, reply_to, &error).await
-        };
+        let refuse = |error: ErrorBody| refuse(&self.bus, id, reply_to, error);
         if let Err(e) = request.validate(false) {
             return refuse(ErrorBody::bad_request(e.to_string())).await;
         }
@@ -303,6 +297,24 @@ async fn resend(bus: &Bus, reply_to: Option<&str>, stored: &[u8]) -> Disposition
 
 /// Answers a request with an error that is not stored (it does not depend on
 /// state, so a repeated request gets the same answer anyway).
+/// Returns the request's reply stream once it is known to be a reply stream of
+/// this installation; a request naming any other key is dead-lettered.
+pub fn reply_stream<'a>(bus: &Bus, reply_to: Option<&'a str>) -> Result<Option<&'a str>, Disposition> {
+    match reply_to {
+        Some(to) => match bus.keys().check_reply_stream(to) {
+            Ok(()) => Ok(Some(to)),
+            Err(reason) => Err(Disposition::DeadLetter(format!("replyTo {to:?} {reason}"))),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Answers a request the service will not execute with `error`.
+pub async fn refuse(bus: &Bus, id: &str, reply_to: Option<&str>, error: ErrorBody) -> Disposition {
+    debug!(code = %error.code, message = %error.message, "request refused");
+    answer_once(bus, id, reply_to, &error).await
+}
+
 pub async fn answer_once(bus: &Bus, id: &str, reply_to: Option<&str>, error: &ErrorBody) -> Disposition {
     let Some(to) = reply_to else { return Disposition::Ack };
     let reply = encode_reply(id, bus.instance(), ReplyBody::Error(error));

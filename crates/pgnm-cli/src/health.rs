@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use pgnm_protocol::Role;
 use pgnm_protocol::health::{CheckResult, GetBestNodeResult};
-use pgnm_protocol::node::GetNodesResult;
 use serde_json::{Value, json};
 
 use crate::{Client, print_reply};
@@ -42,29 +41,20 @@ pub async fn best(
 
 /// `pgnm status`: a table of every node's health.
 pub async fn status(client: &Client, node_type: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
-    let mut rows: Vec<[String; 8]> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut args = json!({"limit": 1000});
-        if let Some(t) = &node_type {
-            args["type"] = t.clone().into();
-        }
-        if let Some(a) = &after {
-            args["after"] = a.clone().into();
-        }
-        let reply = client.call("getNodes", Some(Role::Checker), Some(args)).await?;
-        let data = match reply.result() {
-            Ok(d) => d.clone(),
-            Err(_) => return Ok(print_reply("getNodes", &reply, Default::default(), json)),
-        };
-        let page: GetNodesResult = pgnm_protocol::decode_data(&data)?;
-        if json {
-            out!("{}", serde_json::to_string(&page)?);
-        }
-        for n in &page.nodes {
+    let filter = match node_type {
+        Some(t) => json!({"type": t}),
+        None => json!({}),
+    };
+    let nodes = match crate::nodes::fetch(client, filter, None, None, json).await? {
+        Ok((nodes, _)) => nodes,
+        Err(code) => return Ok(code),
+    };
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<[String; 8]> = nodes
+        .iter()
+        .map(|n| {
             let s = n.status.as_ref();
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-            rows.push([
+            [
                 n.config.name.clone(),
                 n.node_type.clone(),
                 if !n.config.enabled { "disabled".to_owned() } else { opt(s.map(|s| s.status.clone())) },
@@ -73,27 +63,14 @@ pub async fn status(client: &Client, node_type: Option<String>, json: bool) -> a
                 opt(s.and_then(|s| s.lag).map(|l| l.to_string())),
                 opt(s.and_then(|s| s.latency_ms).map(|l| format!("{l} ms"))),
                 opt(s.map(|s| if s.eligible { "yes" } else { "no" }.to_owned())),
-            ]);
-        }
-        after = page.next;
-        if after.is_none() {
-            break;
-        }
-    }
+            ]
+        })
+        .collect();
     if json {
         return Ok(ExitCode::SUCCESS);
     }
     let header = ["NODE", "TYPE", "STATUS", "REASON", "HEIGHT", "LAG", "LATENCY", "ELIGIBLE"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out!("{}", line.join("  ").trim_end());
-    }
+    crate::print_table(&header, &rows);
     Ok(ExitCode::SUCCESS)
 }
 

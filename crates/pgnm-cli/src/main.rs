@@ -213,6 +213,20 @@ fn user() -> String {
     format!("pgnm-cli:{name}")
 }
 
+/// Prints `rows` under `header` in aligned columns.
+pub(crate) fn print_table<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out!("{}", line.join("  ").trim_end());
+    }
+}
+
 pub(crate) fn to_json(v: &rmpv::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }

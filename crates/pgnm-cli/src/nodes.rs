@@ -271,46 +271,63 @@ async fn list(
     enabled: Option<bool>,
     labels: Vec<(String, String)>,
     limit: Option<u32>,
-    mut after: Option<String>,
+    after: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let mut filter = json!({"labels": labels.into_iter().collect::<BTreeMap<_, _>>()});
+    if let Some(t) = node_type {
+        filter["type"] = t.into();
+    }
+    if let Some(e) = enabled {
+        filter["enabled"] = e.into();
+    }
+    let (nodes, next) = match fetch(client, filter, limit, after, json).await? {
+        Ok(found) => found,
+        Err(code) => return Ok(code),
+    };
+    if !json {
+        print_table(&nodes);
+        if let Some(next) = next {
+            out!("(more: --after {next})");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fetches the nodes `filter` selects with `getNodes`: one page of `limit`
+/// when given, every page otherwise. With `json`, each page is printed as it
+/// comes (one per line) instead of being returned. Returns the nodes and the
+/// next cursor, or the exit status of an error reply (already printed).
+pub(crate) async fn fetch(
+    client: &Client,
+    filter: serde_json::Value,
+    limit: Option<u32>,
+    mut after: Option<String>,
+    json: bool,
+) -> anyhow::Result<Result<(Vec<NodeView>, Option<String>), ExitCode>> {
     let mut all = Vec::new();
     loop {
-        let mut a =
-            json!({"labels": labels.iter().cloned().collect::<BTreeMap<_, _>>(), "limit": limit.unwrap_or(1000)});
-        if let Some(t) = &node_type {
-            a["type"] = t.clone().into();
-        }
-        if let Some(e) = enabled {
-            a["enabled"] = e.into();
-        }
+        let mut args = filter.clone();
+        args["limit"] = limit.unwrap_or(1000).into();
         if let Some(c) = &after {
-            a["after"] = c.clone().into();
+            args["after"] = c.clone().into();
         }
-        let reply = client.call("getNodes", Some(Role::Checker), Some(a)).await?;
+        let reply = client.call("getNodes", Some(Role::Checker), Some(args)).await?;
         let data = match reply.result() {
             Ok(d) => d.clone(),
-            Err(_) => return Ok(print_reply("getNodes", &reply, Default::default(), json)),
+            Err(_) => return Ok(Err(print_reply("getNodes", &reply, Default::default(), json))),
         };
         let page: GetNodesResult = pgnm_protocol::decode_data(&data)?;
         if json {
-            // One page per line, as the replies come.
             out!("{}", serde_json::to_string(&page)?);
         } else {
             all.extend(page.nodes);
         }
         after = page.next;
         if after.is_none() || limit.is_some() {
-            break;
+            return Ok(Ok((all, after)));
         }
     }
-    if !json {
-        print_table(&all);
-        if let Some(next) = after {
-            out!("(more: --after {next})");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn labels_text(labels: &BTreeMap<String, String>) -> String {
@@ -334,16 +351,7 @@ fn print_table(nodes: &[NodeView]) {
         })
         .collect();
     let header = ["ID", "NAME", "TYPE", "ENABLED", "TIER", "WEIGHT", "URL", "LABELS"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out!("{}", line.join("  ").trim_end());
-    }
+    crate::print_table(&header, &rows);
     out!("{} node(s)", rows.len());
 }
 

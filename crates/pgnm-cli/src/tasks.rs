@@ -224,14 +224,5 @@ fn print_table(tasks: &[TaskView]) {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out!("{}", line.join("  ").trim_end());
-    }
+    crate::print_table(&header, &rows);
 }

@@ -20,7 +20,7 @@ use pgnm_protocol::{
 };
 use serde::de::IgnoredAny;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span, warn};
 
 /// Settings of `pgnm-router`.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,18 +81,12 @@ impl EntryHandler for Router {
 
 impl Router {
     async fn route(&self, payload: Bytes, request: Request<IgnoredAny>) -> Disposition {
-        let reply_to = match &request.reply_to {
-            Some(to) => match self.bus.keys().check_reply_stream(to) {
-                Ok(()) => Some(to.as_str()),
-                Err(reason) => return Disposition::DeadLetter(format!("replyTo {to:?} {reason}")),
-            },
-            None => None,
+        let reply_to = match service::reply_stream(&self.bus, request.reply_to.as_deref()) {
+            Ok(to) => to,
+            Err(dead) => return dead,
         };
         let id = request.id.as_str();
-        let refuse = |error: ErrorBody| async move {
-            debug!(code = %error.code, message = %error.message, "request refused");
-            answer_once(&self.bus, id, reply_to, &error).await
-        };
+        let refuse = |error: ErrorBody| service::refuse(&self.bus, id, reply_to, error);
         if let Err(e) = request.validate(true) {
             return refuse(ErrorBody::bad_request(e.to_string())).await;
         }

@@ -18,6 +18,8 @@ use crate::schedule;
 
 /// Runs claimed per query.
 const BATCH: i64 = 500;
+/// Tries to record a batch of outcomes (about 20 s with the backoff).
+const FINISH_ATTEMPTS: u32 = 8;
 
 /// How the runner works.
 #[derive(Debug, Clone)]
@@ -133,12 +135,18 @@ async fn finish_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Done>, held: 
                 Err(_) => break,
             }
         }
+        // A bounded number of tries: past them the runs stay in flight, their
+        // leases run out, and they are sent again under the same request ids
+        // (answered from the stored replies) and recorded then.
         let mut delay = Duration::from_millis(100);
-        loop {
+        for attempt in 1..=FINISH_ATTEMPTS {
             match store.finish_runs(&batch).await {
                 Ok(()) => break,
+                Err(e) if attempt == FINISH_ATTEMPTS => {
+                    warn!(error = %e, runs = batch.len(), "cannot record run outcomes; leaving the runs to be taken over");
+                }
                 Err(e) => {
-                    warn!(error = %e, runs = batch.len(), "cannot record run outcomes; retrying");
+                    warn!(error = %e, runs = batch.len(), attempt, "cannot record run outcomes; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

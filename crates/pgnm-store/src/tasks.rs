@@ -166,6 +166,43 @@ fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Inserts one task and returns it as shown; with `skip_existing`, a task of
+/// the same name is left alone and nothing is returned.
+async fn insert(
+    client: &tokio_postgres::Client,
+    spec: &TaskAddArgs,
+    next_run_at: i64,
+    source: &str,
+    skip_existing: bool,
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let on_conflict = if skip_existing { "ON CONFLICT (name) DO NOTHING" } else { "" };
+    let sql = format!(
+        "WITH t AS (INSERT INTO tasks (name, command, role, args, interval_ms, cron, enabled, allow_overlap, \
+         timeout_ms, next_run_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+         to_timestamp($10::bigint::float8 / 1000), $11) {on_conflict} RETURNING *) \
+         SELECT {TASK_COLUMNS}, lo.* FROM t {LAST_OUTCOME}"
+    );
+    let args = spec.args.clone().map(Json::Object);
+    client
+        .query_opt(
+            &sql,
+            &[
+                &spec.name,
+                &spec.command,
+                &spec.role,
+                &args,
+                &spec.interval_ms.map(ms),
+                &spec.cron,
+                &spec.enabled,
+                &spec.allow_overlap,
+                &ms(spec.timeout_ms),
+                &next_run_at,
+                &source,
+            ],
+        )
+        .await
+}
+
 impl Store {
     /// Adds a task whose first run is at `next_run_at` (epoch ms).
     pub async fn insert_task(
@@ -175,31 +212,8 @@ impl Store {
         source: &str,
     ) -> Result<TaskRow, TaskWriteError> {
         let client = self.client().await?;
-        let args = spec.args.clone().map(Json::Object);
-        let sql = format!(
-            "WITH t AS (INSERT INTO tasks (name, command, role, args, interval_ms, cron, enabled, allow_overlap, \
-             timeout_ms, next_run_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             to_timestamp($10::bigint::float8 / 1000), $11) RETURNING *) SELECT {TASK_COLUMNS}, lo.* FROM t {LAST_OUTCOME}"
-        );
-        let row = client
-            .query_one(
-                &sql,
-                &[
-                    &spec.name,
-                    &spec.command,
-                    &spec.role,
-                    &args,
-                    &spec.interval_ms.map(ms),
-                    &spec.cron,
-                    &spec.enabled,
-                    &spec.allow_overlap,
-                    &ms(spec.timeout_ms),
-                    &next_run_at,
-                    &source,
-                ],
-            )
-            .await?;
-        Ok(row_to_task(&row))
+        let row = insert(&client, spec, next_run_at, source, false).await?;
+        Ok(row_to_task(&row.expect("an insert without ON CONFLICT returns its row")))
     }
 
     /// Adds the tasks that do not exist yet (by name); returns the names added.
@@ -212,29 +226,8 @@ impl Store {
         let client = self.client().await?;
         let mut added = Vec::new();
         for (spec, next_run_at) in tasks {
-            let args = spec.args.clone().map(Json::Object);
-            let row = client
-                .query_opt(
-                    "INSERT INTO tasks (name, command, role, args, interval_ms, cron, enabled, allow_overlap, \
-                     timeout_ms, next_run_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     to_timestamp($10::bigint::float8 / 1000), $11) ON CONFLICT (name) DO NOTHING RETURNING name",
-                    &[
-                        &spec.name,
-                        &spec.command,
-                        &spec.role,
-                        &args,
-                        &spec.interval_ms.map(ms),
-                        &spec.cron,
-                        &spec.enabled,
-                        &spec.allow_overlap,
-                        &ms(spec.timeout_ms),
-                        next_run_at,
-                        &source,
-                    ],
-                )
-                .await?;
-            if let Some(r) = row {
-                added.push(r.get(0));
+            if let Some(row) = insert(&client, spec, *next_run_at, source, true).await? {
+                added.push(row_to_task(&row).spec.name);
             }
         }
         Ok(added)
