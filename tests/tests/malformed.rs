@@ -33,6 +33,8 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
     let mut not_a_map = good("args-not-a-map", "ping");
     not_a_map["role"] = json!("checker");
     not_a_map["args"] = json!([1, 2]);
+    let mut far_deadline = good("far-deadline", "ping");
+    far_deadline["deadline"] = json!(pgnm_protocol::now_ms() + 365 * 24 * 3600 * 1000);
     let mut bad_role = good("bad-role", "ping");
     bad_role["role"] = json!("janitor");
     let mut oversize = good("oversize", "ping");
@@ -41,6 +43,7 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
         ("wrong-type", msgpack(wrong_type), ErrorCode::BadRequest),
         ("missing-field", msgpack(missing), ErrorCode::BadRequest),
         ("bad-version", msgpack(bad_version), ErrorCode::BadRequest),
+        ("far-deadline", msgpack(far_deadline), ErrorCode::BadRequest),
         ("unknown-command", msgpack(good("unknown-command", "launchRockets")), ErrorCode::UnknownCommand),
         ("bad-args", msgpack(bad_args), ErrorCode::BadRequest),
         ("args-not-a-map", msgpack(not_a_map), ErrorCode::BadRequest),

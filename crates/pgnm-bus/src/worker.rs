@@ -366,6 +366,8 @@ async fn reclaim_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
             }
         }
         if permits.is_empty() {
+            // Every slot is busy: wait (keeping the cursor) rather than spin.
+            sleep_or_cancel(interval, &stop).await;
             continue;
         }
         match reclaim_once(&shared, &cursor, idle, permits.len()).await {

@@ -99,6 +99,9 @@ fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), Valida
     Err(ValidationError::Field { field, reason })
 }
 
+/// Furthest a deadline may be from now.
+pub const MAX_DEADLINE_AHEAD_MS: u64 = 3_600_000;
+
 impl<A> Request<A> {
     /// Checks the envelope fields that typing alone does not: version, id, caller,
     /// trace id and deadline. The reply stream is checked against the key layout
@@ -115,6 +118,11 @@ impl<A> Request<A> {
         }
         if self.deadline.0 == 0 {
             return Err(ValidationError::Field { field: "deadline", reason: "must be a Unix time in milliseconds" });
+        }
+        // A deadline bounds how long a request may hold a worker and its
+        // idempotency marker: one far in the future would hold them for ever.
+        if self.deadline.0 > crate::now_ms() + MAX_DEADLINE_AHEAD_MS {
+            return Err(ValidationError::Field { field: "deadline", reason: "must be at most one hour from now" });
         }
         Ok(())
     }
