@@ -94,13 +94,17 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 # The demo fleet: simulated nodes that deploy/nodes.example.yaml points at.
 (PGNM_SIM_NODES="$PWD/deploy/sim-nodes.json" exec "$bin/pgnm-sim" --listen 127.0.0.1:8600) > >(sed -u "s/^/[sim] /") 2>&1 &
 PIDS+=($!)
+# Admin servers (/healthz, /readyz, /metrics) on 127.0.0.1:9101..9104.
+admin_port=9101
 for svc in router checker scheduler jrpc-proxy; do
-    (PGNM_INSTANCE="$svc-1" exec "$bin/pgnm-$svc") > >(sed -u "s/^/[$svc] /") 2>&1 &
+    (PGNM_INSTANCE="$svc-1" PGNM_ADMIN_ADDR="127.0.0.1:$admin_port" exec "$bin/pgnm-$svc") > >(sed -u "s/^/[$svc] /") 2>&1 &
     PIDS+=($!)
+    admin_port=$((admin_port + 1))
 done
 
 say "pgnm is running under prefix $PGNM_PREFIX; logs below, Ctrl-C stops everything."
 say "try, in another shell:  export PGNM_REDIS_URL=$PGNM_REDIS_URL PGNM_PREFIX=$PGNM_PREFIX"
 say "                         $bin/pgnm status;  $bin/pgnm best evm-dev;  $bin/pgnm tasks list"
+say "metrics and readiness:  curl 127.0.0.1:9102/metrics;  curl 127.0.0.1:9101/readyz"
 wait -n "${PIDS[@]}" || true
 say "a process exited; stopping the rest"

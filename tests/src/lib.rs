@@ -9,6 +9,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use pgnm_bus::{Bus, Caller, RedisArgs, WorkerArgs};
 use pgnm_protocol::{Deadline, Keys, PROTOCOL_VERSION, Reply, Request, decode_reply, encode_request};
+use pgnm_runtime::AdminArgs;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -115,8 +116,12 @@ impl Env {
 
     /// Starts a router in-process.
     pub fn start_router(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
-        let config =
-            pgnm_router::RouterConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let config = pgnm_router::RouterConfig {
+            redis: self.redis_args(),
+            worker,
+            instance: Some(instance.to_owned()),
+            admin: AdminArgs::off(),
+        };
         let shutdown = CancellationToken::new();
         let handle = spawn_service("router", pgnm_router::run(config, shutdown.clone()));
         self.roles.push(pgnm_protocol::Role::Router);
@@ -134,6 +139,7 @@ impl Env {
             nodes_file: None,
             chains_file: None,
             allow_secret_reveal: false,
+            admin: AdminArgs::off(),
         }
     }
 
@@ -164,6 +170,7 @@ impl Env {
             check_shards: 2,
             check_interval_ms: 1_000,
             history_retention_secs: 3600,
+            admin: AdminArgs::off(),
         }
     }
 
@@ -183,8 +190,12 @@ impl Env {
 
     /// Starts a jrpc-proxy in-process.
     pub fn start_jrpc_proxy(&mut self, instance: &str, worker: WorkerArgs) -> &Service {
-        let config =
-            pgnm_jrpc_proxy::ProxyConfig { redis: self.redis_args(), worker, instance: Some(instance.to_owned()) };
+        let config = pgnm_jrpc_proxy::ProxyConfig {
+            redis: self.redis_args(),
+            worker,
+            instance: Some(instance.to_owned()),
+            admin: AdminArgs::off(),
+        };
         let shutdown = CancellationToken::new();
         let handle = spawn_service("jrpc-proxy", pgnm_jrpc_proxy::run(config, shutdown.clone()));
         self.roles.push(pgnm_protocol::Role::JrpcProxy);
@@ -412,13 +423,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Starts one of the workspace's binaries for this installation, with `env` added.
-pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::process::Child {
+/// Returns the command line of one of the workspace's binaries for this
+/// installation (its admin server on a free loopback port), with `extra` added.
+pub fn binary_command(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(binary(name));
     cmd.env("PGNM_REDIS_URL", &env.url)
         .env("PGNM_PREFIX", &env.prefix)
         .env("PGNM_DATABASE_URL", &env.db.url)
         .env("PGNM_LOG", "warn")
+        .env("PGNM_ADMIN_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -426,11 +439,16 @@ pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::p
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+    cmd
+}
+
+/// Starts one of the workspace's binaries for this installation, with `extra` added.
+pub fn spawn_binary(env: &Env, name: &str, extra: &[(&str, String)]) -> tokio::process::Child {
+    binary_command(env, name, extra).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
 }
 
 /// Starts one of the workspace's binaries like [`spawn_binary`], its standard
-/// error (the logs) written to `log`.
+/// error (the logs, as JSON) written to `log`.
 pub fn spawn_binary_logged(
     env: &Env,
     name: &str,
@@ -438,20 +456,16 @@ pub fn spawn_binary_logged(
     log: &std::path::Path,
 ) -> tokio::process::Child {
     let file = std::fs::File::create(log).expect("create the log file");
-    let mut cmd = tokio::process::Command::new(binary(name));
-    cmd.env("PGNM_REDIS_URL", &env.url)
-        .env("PGNM_PREFIX", &env.prefix)
-        .env("PGNM_DATABASE_URL", &env.db.url)
-        .env("PGNM_LOG", "warn")
-        .env("PGNM_LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .kill_on_drop(true);
-    for (k, v) in extra {
-        cmd.env(k, v);
+    let mut cmd = binary_command(env, name, extra);
+    if !extra.iter().any(|(k, _)| *k == "PGNM_LOG_FORMAT") {
+        cmd.env("PGNM_LOG_FORMAT", "json");
     }
-    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+    cmd.stderr(file).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// Returns a free loopback port (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port()
 }
 
 /// A Redis server of the test's own on a free loopback port, without persistence,
@@ -465,7 +479,7 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// Starts `redis-server` on a free port and waits until it answers.
     pub async fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let port = free_port();
         let mut redis = OwnRedis { port, child: None };
         redis.spawn().await;
         redis
@@ -602,5 +616,115 @@ impl Anvil {
 impl Drop for Anvil {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A TCP forwarder between a service and one of its dependencies, that a test
+/// can cut (every connection dropped, new ones closed at once) and mend, to
+/// take Redis or PostgreSQL away from one process without stopping it for the
+/// other tests.
+#[derive(Debug)]
+pub struct Gate {
+    port: u16,
+    cut: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Gate {
+    /// Starts forwarding a free loopback port to `target` (`host:port`).
+    pub async fn open(target: &str) -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gate");
+        let port = listener.local_addr().expect("gate address").port();
+        let gate = Gate {
+            port,
+            cut: std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new())),
+            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            stop: CancellationToken::new(),
+        };
+        let (cut, up, stop, target) = (gate.cut.clone(), gate.up.clone(), gate.stop.clone(), target.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.cancelled() => return,
+                };
+                let Ok((mut inbound, _)) = accepted else { continue };
+                if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let token = cut.lock().expect("gate lock").clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        gate
+    }
+
+    /// Returns the port to connect to instead of the target's.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Drops every forwarded connection and refuses new ones until [`Gate::mend`].
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut token = self.cut.lock().expect("gate lock");
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+
+    /// Forwards new connections again.
+    pub fn mend(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut.lock().expect("gate lock").cancel();
+    }
+}
+
+/// Returns `url` with its `host:port` replaced by `127.0.0.1:<port>`.
+pub fn with_port(url: &str, port: u16) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let rest = &url[scheme_end..];
+    let host_start = rest.rfind('@').map(|i| i + 1).unwrap_or(0);
+    let host_end = rest[host_start..].find(['/', '?']).map(|i| i + host_start).unwrap_or(rest.len());
+    format!("{}{}127.0.0.1:{port}{}", &url[..scheme_end], &rest[..host_start], &rest[host_end..])
+}
+
+/// Fetches `path` from an admin server; returns the status and body.
+pub async fn admin_get(port: u16, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits until `path` of the admin server answers `status`, or panics after `patience`.
+pub async fn wait_admin_status(port: u16, path: &str, status: u16, patience: Duration) -> String {
+    let until = tokio::time::Instant::now() + patience;
+    loop {
+        let (got, body) = admin_get(port, path).await;
+        if got == status {
+            return body;
+        }
+        if tokio::time::Instant::now() > until {
+            panic!("{path} answered {got} ({body}), expected {status} within {patience:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -308,6 +308,7 @@ fn spawn(
         .env("PGNM_PREFIX", prefix)
         .env("PGNM_INSTANCE", instance)
         .env("PGNM_LOG", "warn")
+        .env("PGNM_ADMIN_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)

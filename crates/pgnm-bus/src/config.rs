@@ -5,9 +5,22 @@ use std::time::Duration;
 /// How to reach Redis and which installation to serve.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
-    /// Redis URL: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS.
+    /// Redis URL: `redis://host:port[/db]`, `rediss://` for TLS;
+    /// `redis-cluster://host:port[?node=host:port...]` for a cluster;
+    /// `redis-sentinel://host:port[/db]?sentinelServiceName=NAME[&node=host:port...]`
+    /// through Sentinel (`rediss-cluster`, `rediss-sentinel` with TLS).
     #[arg(long = "redis-url", env = "PGNM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
+    /// Redis ACL user name (overrides one in the URL).
+    #[arg(long = "redis-username", env = "PGNM_REDIS_USERNAME")]
+    pub username: Option<String>,
+    /// Redis password (overrides one in the URL); set it from a secret, in the environment only.
+    #[arg(long = "redis-password", env = "PGNM_REDIS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// PEM file of the CA certificates that sign the Redis server's certificate
+    /// (TLS URLs only); without it the Mozilla root certificates are trusted.
+    #[arg(long = "redis-ca-file", env = "PGNM_REDIS_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefix of every Redis key of this installation, so several can share one Redis.
     #[arg(long, env = "PGNM_PREFIX", default_value = "pgnm")]
     pub prefix: String,
@@ -19,7 +32,7 @@ pub struct RedisArgs {
 impl RedisArgs {
     /// Returns settings for `url` and `prefix` with default timeouts.
     pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
-        Self { url: url.into(), prefix: prefix.into(), timeout_ms: 5000 }
+        Self { url: url.into(), prefix: prefix.into(), timeout_ms: 5000, username: None, password: None, ca_file: None }
     }
 }
 

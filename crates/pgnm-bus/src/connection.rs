@@ -9,6 +9,7 @@ use pgnm_protocol::Keys;
 
 use crate::config::RedisArgs;
 use crate::error::BusError;
+use crate::resp;
 
 /// A connection to one installation's Redis keys, on behalf of one instance.
 ///
@@ -51,8 +52,7 @@ impl Bus {
             return Err(BusError::Config(format!("invalid instance name {instance:?}")));
         }
         let timeout = Duration::from_millis(args.timeout_ms.max(1));
-        let config = Config::from_url(&args.url)
-            .map_err(|e| BusError::Config(format!("{}: {}", redact_url(&args.url), e.details())))?;
+        let config = config(args)?;
         let client = build(config, timeout)?;
         let url: Arc<str> = redact_url(&args.url).into();
         init(&client, &url, timeout).await?;
@@ -92,6 +92,66 @@ impl Bus {
     pub async fn is_reachable(&self) -> bool {
         self.client.ping::<()>(None).await.is_ok()
     }
+
+    /// Returns a readiness check (see [`pgnm_runtime::Readiness`]) that Redis
+    /// answers and `group` exists on `stream`.
+    pub fn group_check(
+        &self,
+        stream: String,
+        group: &'static str,
+    ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+        let bus = self.clone();
+        move || {
+            let (bus, stream) = (bus.clone(), stream.clone());
+            Box::pin(async move { bus.group_ready(&stream, group).await })
+        }
+    }
+
+    /// Readiness: Redis answers and `group` exists on `stream`.
+    pub async fn group_ready(&self, stream: &str, group: &str) -> Result<(), String> {
+        let args = vec![Value::from("GROUPS"), Value::from(stream)];
+        let reply =
+            resp::run(&self.client, "XINFO", stream, args, false).await.map_err(|e| pgnm_runtime::error_chain(&e))?;
+        let found = resp::records(reply)
+            .into_iter()
+            .any(|g| g.into_iter().any(|(k, v)| k == "name" && resp::string(v).as_deref() == Some(group)));
+        if found { Ok(()) } else { Err(format!("consumer group {group} missing on {stream}")) }
+    }
+}
+
+/// Reads the URL and applies the credentials and TLS settings given beside it.
+fn config(args: &RedisArgs) -> Result<Config, BusError> {
+    let invalid = |message: String| BusError::Config(format!("redis url {}: {message}", redact_url(&args.url)));
+    let mut config = Config::from_url(&args.url).map_err(|e| invalid(e.details().to_owned()))?;
+    if let Some(user) = &args.username {
+        config.username = Some(user.clone());
+    }
+    if let Some(password) = &args.password {
+        if password.is_empty() {
+            return Err(invalid("PGNM_REDIS_PASSWORD is set but empty".to_owned()));
+        }
+        config.password = Some(password.clone());
+    }
+    match (&mut config.tls, &args.ca_file) {
+        (Some(tls), ca_file) => {
+            let rustls = pgnm_runtime::tls::client_config(ca_file.as_deref()).map_err(invalid)?;
+            tls.connector = fred::types::config::TlsConnector::from(rustls);
+        }
+        (None, Some(_)) => {
+            return Err(invalid("a CA file is set (PGNM_REDIS_CA_FILE) but the URL does not use TLS".to_owned()));
+        }
+        (None, None) => {}
+    }
+    Ok(config)
+}
+
+/// Returns whether the error is Redis refusing our credentials (retrying cannot help).
+fn is_auth_error(e: &fred::error::Error) -> bool {
+    let details = e.details();
+    matches!(e.kind(), fred::error::ErrorKind::Auth)
+        || ["NOAUTH", "WRONGPASS", "NOPERM", "invalid password", "invalid username-password"]
+            .iter()
+            .any(|m| details.contains(m))
 }
 
 fn build(config: Config, timeout: Duration) -> Result<Client, BusError> {
@@ -121,6 +181,9 @@ async fn init(client: &Client, url: &str, timeout: Duration) -> Result<(), BusEr
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => {
             let _ = client.quit().await;
+            if is_auth_error(&source) {
+                return Err(BusError::Auth { url: url.to_owned(), reason: source.details().to_owned() });
+            }
             Err(BusError::Connect { url: url.to_owned(), source })
         }
         Err(_) => {

@@ -15,6 +15,14 @@ pub enum BusError {
         #[source]
         source: fred::error::Error,
     },
+    /// Redis refused the credentials (or asked for some and none were given).
+    #[error("redis at {url} refused the credentials (check PGNM_REDIS_USERNAME / PGNM_REDIS_PASSWORD): {reason}")]
+    Auth {
+        /// The server, with any password removed.
+        url: String,
+        /// What the server said.
+        reason: String,
+    },
     /// A Redis command failed.
     #[error("redis {command} failed")]
     Redis {

@@ -15,6 +15,7 @@ mod error;
 mod resp;
 
 pub mod caller;
+pub mod metrics;
 pub mod service;
 pub mod worker;
 

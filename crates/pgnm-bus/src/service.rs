@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::config::WorkerArgs;
 use crate::connection::Bus;
 use crate::error::BusError;
+use crate::metrics::{self, CommandTimer};
 use crate::resp;
 use crate::worker::{self, Delivery, Disposition, EntryHandler, Source};
 
@@ -94,7 +95,8 @@ impl<H: CommandHandler> EntryHandler for RoleService<H> {
             Err(e) => return reject_unreadable(&self.bus, &payload, ErrorCode::BadRequest, e.to_string()).await,
         };
         let span = info_span!("command", cmd = %request.command, id = %request.id, trace = request.trace_id.as_deref().unwrap_or(""));
-        self.handle_request(delivery, request).instrument(span).await
+        let timer = CommandTimer::start(self.role.as_str(), &request.command);
+        self.handle_request(delivery, request, &timer).instrument(span).await
     }
 
     async fn give_up(&self, delivery: &Delivery, reason: &str) {
@@ -103,13 +105,20 @@ impl<H: CommandHandler> EntryHandler for RoleService<H> {
 }
 
 impl<H: CommandHandler> RoleService<H> {
-    async fn handle_request(&self, delivery: Delivery, request: Request) -> Disposition {
+    async fn handle_request(&self, delivery: Delivery, request: Request, timer: &CommandTimer) -> Disposition {
         let reply_to = match reply_stream(&self.bus, request.reply_to.as_deref()) {
             Ok(to) => to,
             Err(dead) => return dead,
         };
         let id = request.id.as_str();
-        let refuse = |error: ErrorBody| refuse(&self.bus, id, reply_to, error);
+        let refuse = |error: ErrorBody| {
+            timer.failed(error.code);
+            refuse(&self.bus, id, reply_to, error)
+        };
+        let resend = |stored: Bytes| {
+            timer.finish(metrics::REPLAYED);
+            resend(&self.bus, reply_to, stored)
+        };
         if let Err(e) = request.validate(false) {
             return refuse(ErrorBody::bad_request(e.to_string())).await;
         }
@@ -151,7 +160,7 @@ impl<H: CommandHandler> RoleService<H> {
                 Some(p) if p.starts_with(RUNNING) => {
                     // The same request id is being executed from another entry: wait for its reply.
                     match wait_for_reply(&self.bus, &key, request.deadline).await {
-                        Ok(Some(stored)) => return resend(&self.bus, reply_to, &stored).await,
+                        Ok(Some(stored)) => return resend(stored).await,
                         Ok(None) if request.deadline.is_expired() => return refuse(expired()).await,
                         Ok(None) => continue, // the other execution vanished: claim again
                         Err(e) => {
@@ -162,7 +171,7 @@ impl<H: CommandHandler> RoleService<H> {
                 }
                 Some(stored) => {
                     debug!("request id already answered; sending the stored reply again");
-                    return resend(&self.bus, reply_to, &stored).await;
+                    return resend(stored).await;
                 }
             }
         }
@@ -189,7 +198,13 @@ impl<H: CommandHandler> RoleService<H> {
         let keep = !matches!(&outcome, Err(e) if e.retryable);
         let written = finish(&self.bus, &key, keep.then_some(self.args.result_ttl()), reply_to, reply).await;
         match written {
-            Ok(()) => Disposition::Ack,
+            Ok(()) => {
+                match &outcome {
+                    Ok(_) => timer.finish(metrics::OK),
+                    Err(e) => timer.failed(e.code),
+                }
+                Disposition::Ack
+            }
             Err(e) => {
                 warn!(error = %e, "cannot write the reply; leaving the request pending");
                 Disposition::Retry
@@ -284,9 +299,9 @@ pub async fn send_reply(bus: &Bus, to: &str, reply: &[u8]) -> Result<(), BusErro
     resp::run(bus.client(), "XADD", to, reply_args(to, Bytes::copy_from_slice(reply)), false).await.map(|_| ())
 }
 
-async fn resend(bus: &Bus, reply_to: Option<&str>, stored: &[u8]) -> Disposition {
+async fn resend(bus: &Bus, reply_to: Option<&str>, stored: Bytes) -> Disposition {
     let Some(to) = reply_to else { return Disposition::Ack };
-    match send_reply(bus, to, stored).await {
+    match send_reply(bus, to, &stored).await {
         Ok(()) => Disposition::Ack,
         Err(e) => {
             warn!(error = %e, "cannot send the stored reply; leaving the request pending");

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics as m;
+
 use crate::config::WorkerArgs;
 use crate::connection::Bus;
 use crate::error::BusError;
@@ -256,6 +258,8 @@ fn spawn_entry<H: EntryHandler>(
         }
         in_flight.insert(entry.id.clone(), Instant::now());
     }
+    let in_flight = metrics::gauge!(m::IN_FLIGHT, "group" => shared.source.group.clone());
+    in_flight.increment(1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
         let shared = shared2;
@@ -274,6 +278,7 @@ fn spawn_entry<H: EntryHandler>(
                 warn!(stream = %shared.source.stream, entry = %entry.id, %reason, "entry moved to the dead-letter stream");
                 match dead_letter(&shared, &delivery, &reason).await {
                     Ok(()) => {
+                        metrics::counter!(m::DEAD_LETTERED, "group" => shared.source.group.clone()).increment(1);
                         // The caller hears of it once the dead letter is there to be found.
                         if exhausted {
                             shared.handler.give_up(&delivery, &reason).await;
@@ -286,6 +291,7 @@ fn spawn_entry<H: EntryHandler>(
             Disposition::Retry => debug!(entry = %entry.id, "entry left pending for another delivery"),
         }
         shared.in_flight.lock().expect("in-flight lock poisoned").remove(&entry.id);
+        in_flight.decrement(1);
         drop(permit);
     });
 }
@@ -373,6 +379,10 @@ async fn reclaim_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
         match reclaim_once(&shared, &cursor, idle, permits.len()).await {
             Ok((next, claimed)) => {
                 cursor = next;
+                if !claimed.is_empty() {
+                    metrics::counter!(m::RECLAIMED, "group" => shared.source.group.clone())
+                        .increment(claimed.len() as u64);
+                }
                 for (entry, deliveries) in claimed {
                     info!(stream = %shared.source.stream, entry = %entry.id, deliveries, "reclaimed an idle entry");
                     let permit = permits.pop().expect("never more entries than COUNT");
@@ -503,6 +513,8 @@ async fn janitor_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
             _ = tokio::time::sleep(JANITOR_INTERVAL) => {}
             _ = stop.cancelled() => return,
         }
+        let in_flight = shared.in_flight.lock().expect("in-flight lock poisoned").len();
+        metrics::gauge!(m::IN_FLIGHT, "group" => shared.source.group.clone()).set(in_flight as f64);
         if let Err(e) = trim(&shared.bus, &shared.source).await {
             debug!(error = %e, "trimming failed");
         }
@@ -523,14 +535,26 @@ pub async fn trim(bus: &Bus, source: &Source) -> Result<(), BusError> {
     for group in groups {
         let mut name = None;
         let mut last = None;
+        let (mut pending, mut lag) = (None, None);
         for (k, v) in group {
             match k.as_str() {
                 "name" => name = resp::string(v),
                 "last-delivered-id" => last = resp::stream_id(v),
+                "pending" => pending = resp::integer(&v),
+                "lag" => lag = resp::integer(&v),
                 _ => {}
             }
         }
         let (Some(name), Some(last)) = (name, last) else { return Err(BusError::Reply("XINFO GROUPS")) };
+        if name == source.group {
+            let group = source.group.clone();
+            if let Some(pending) = pending {
+                metrics::gauge!(m::PENDING, "group" => group.clone()).set(pending as f64);
+            }
+            if let Some(lag) = lag {
+                metrics::gauge!(m::LAG, "group" => group).set(lag as f64);
+            }
+        }
         // Summary form: [count, smallest pending id, greatest, consumers].
         let summary =
             resp::run(bus.client(), "XPENDING", stream, vec![stream.into(), name.as_str().into()], false).await?;

@@ -13,6 +13,7 @@ use pgnm_protocol::health::{CheckArgs, GetBestNodeArgs, StatusEvent};
 use pgnm_protocol::node::{CheckNodeArgs, GetNodeConfigArgs, GetNodesArgs};
 use pgnm_protocol::task::{PruneHistoryArgs, PruneHistoryResult};
 use pgnm_protocol::{Command, ErrorBody, ErrorCode, Role, decode_args, encode_data};
+use pgnm_runtime::{AdminArgs, Readiness};
 use pgnm_store::{DbArgs, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,9 @@ pub struct CheckerConfig {
     /// Let callers see credentials with `getNodeConfig {revealSecrets: true}`.
     #[arg(long, env = "PGNM_ALLOW_SECRET_REVEAL", default_value_t = false)]
     pub allow_secret_reveal: bool,
+    /// Admin server settings.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Why the checker cannot run.
@@ -80,6 +84,14 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         tracing::warn!(code = %e.code, error = %e.message, "cold-start load of the nodes file failed");
     }
     let bus = Bus::connect(&config.redis, &instance).await?;
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let readiness = Readiness::new(&shutdown)
+        .check("redis", bus.group_check(bus.keys().inbox(Role::Checker), Role::Checker.as_str()))
+        .check("postgres", store.ready_check());
+    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(CheckerError::Config)?;
+    pgnm_bus::metrics::describe();
+    health::describe_metrics();
     // Probes of nodes behind pgnm-jrpc-proxy go through the router like any call.
     let proxy =
         pgnm_bus::Caller::start(Bus::connect(&config.redis, &format!("{instance}-probes")).await?, &instance).await?;

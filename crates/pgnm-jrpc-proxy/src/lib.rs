@@ -11,6 +11,7 @@ use pgnm_protocol::jrpc::{JrpcCallArgs, JrpcCallResult};
 use pgnm_protocol::node::NodeSpec;
 use pgnm_protocol::{Command, ErrorBody, ErrorCode, Role, decode_args, encode_data};
 use pgnm_rpc::{Dialect, RpcClient, RpcError};
+use pgnm_runtime::{AdminArgs, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// Settings of `pgnm-jrpc-proxy`.
@@ -25,12 +26,21 @@ pub struct ProxyConfig {
     /// Name of this instance (the consumer name); defaults to host name, role and process id.
     #[arg(long, env = "PGNM_INSTANCE")]
     pub instance: Option<String>,
+    /// Admin server settings.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Runs the proxy until `shutdown` is cancelled, then drains.
 pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(), BusError> {
     let instance = config.instance.clone().unwrap_or_else(|| pgnm_runtime::default_instance("jrpc-proxy"));
     let bus = Bus::connect(&config.redis, &instance).await?;
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let inbox = bus.keys().inbox(Role::JrpcProxy);
+    let readiness = Readiness::new(&shutdown).check("redis", bus.group_check(inbox, Role::JrpcProxy.as_str()));
+    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(BusError::Config)?;
+    pgnm_bus::metrics::describe();
     let handler = Proxy { client: RpcClient::new() };
     service::serve(bus, Role::JrpcProxy, config.worker, handler, shutdown).await
 }

@@ -18,6 +18,7 @@ use pgnm_protocol::{
     Command, ErrorBody, ErrorCode, MAX_ID_LEN, ReplyBody, Request, Role, Route, decode_request, encode_reply,
     encode_request,
 };
+use pgnm_runtime::{AdminArgs, Readiness};
 use serde::de::IgnoredAny;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -34,12 +35,20 @@ pub struct RouterConfig {
     /// Name of this instance (the consumer name); defaults to host name, role and process id.
     #[arg(long, env = "PGNM_INSTANCE")]
     pub instance: Option<String>,
+    /// Admin server settings.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Runs the router until `shutdown` is cancelled, then drains.
 pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> Result<(), BusError> {
     let instance = config.instance.clone().unwrap_or_else(|| pgnm_runtime::default_instance("router"));
     let bus = Bus::connect(&config.redis, &instance).await?;
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let readiness = Readiness::new(&shutdown).check("redis", bus.group_check(bus.keys().ingress(), "router"));
+    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(BusError::Config)?;
+    pgnm_bus::metrics::describe();
     let caller = Caller::start(bus.clone(), &instance).await?;
     let source = Source {
         stream: bus.keys().ingress(),

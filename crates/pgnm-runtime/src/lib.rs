@@ -1,5 +1,11 @@
-//! What every pgnm binary shares at its edge: logging setup, the shutdown token
-//! cancelled on SIGTERM/SIGINT, and the instance name.
+//! What every pgnm binary shares at its edge: logging setup, the admin HTTP
+//! server and metrics, TLS client settings, the shutdown token cancelled on
+//! SIGTERM/SIGINT, and the instance name.
+
+pub mod admin;
+pub mod tls;
+
+pub use admin::{AdminArgs, Readiness};
 
 use std::time::Duration;
 
@@ -82,6 +88,21 @@ pub fn default_instance(role: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}-{role}-{}", std::process::id())
+}
+
+/// Returns an error and its causes on one line (`a: b: c`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Parses a duration written in milliseconds, for clap.

@@ -15,6 +15,7 @@ use pgnm_protocol::task::{
     TaskName, TaskRunResult, TaskUpdateArgs, TaskView,
 };
 use pgnm_protocol::{Command, ErrorBody, ErrorCode, Role, decode_args, encode_data};
+use pgnm_runtime::{AdminArgs, Readiness};
 use pgnm_store::{DbArgs, Store, StoreError, TaskRow, TaskWriteError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -51,6 +52,9 @@ pub struct SchedulerConfig {
     /// Age after which finished history is pruned by the default task, in seconds.
     #[arg(long, env = "PGNM_HISTORY_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
     pub history_retention_secs: u64,
+    /// Admin server settings.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Why the scheduler cannot run.
@@ -62,6 +66,9 @@ pub enum SchedulerError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] pgnm_bus::BusError),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the scheduler (its command handler and its runner) until `shutdown` is
@@ -78,6 +85,14 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         }
     }
     let bus = Bus::connect(&config.redis, &instance).await?;
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let readiness = Readiness::new(&shutdown)
+        .check("redis", bus.group_check(bus.keys().inbox(Role::Scheduler), Role::Scheduler.as_str()))
+        .check("postgres", store.ready_check());
+    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(SchedulerError::Config)?;
+    pgnm_bus::metrics::describe();
+    runner::describe_metrics();
     // The runner sends commands like any caller, over its own reply stream.
     let caller = Caller::start(Bus::connect(&config.redis, &format!("{instance}-runner")).await?, &instance).await?;
     let runner = tokio::spawn(runner::run(

@@ -21,6 +21,27 @@ const BATCH: i64 = 500;
 /// Tries to record a batch of outcomes (about 20 s with the backoff).
 const FINISH_ATTEMPTS: u32 = 8;
 
+/// Ticks dispatched, by outcome of the dispatch.
+const DISPATCHED: &str = "pgnm_scheduler_runs_dispatched_total";
+/// Time from a tick being due to its command being sent.
+const DISPATCH_DELAY: &str = "pgnm_scheduler_dispatch_delay_seconds";
+/// Ticks that passed unrun (coalesced into a later run).
+const MISSED: &str = "pgnm_scheduler_missed_ticks_total";
+/// Runs taken over from a replica whose lease ran out.
+const TAKEN_OVER: &str = "pgnm_scheduler_runs_taken_over_total";
+/// Finished runs, by outcome.
+const FINISHED: &str = "pgnm_scheduler_runs_finished_total";
+
+/// Describes the runner's metrics.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(DISPATCHED, "Scheduled runs sent to their role");
+    describe_histogram!(DISPATCH_DELAY, Unit::Seconds, "Time from a tick being due to its command being sent");
+    describe_counter!(MISSED, "Ticks that passed unrun and were coalesced into a later run");
+    describe_counter!(TAKEN_OVER, "Runs taken over from a replica whose lease ran out");
+    describe_counter!(FINISHED, "Finished runs, by outcome (ok, error, timeout)");
+}
+
 /// How the runner works.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -63,7 +84,15 @@ pub async fn run(store: Store, caller: Caller, settings: Settings, shutdown: Can
                     for run in runs {
                         if takeover {
                             info!(task = %run.name, request = %run.request_id, attempt = run.attempts, "taking over a run");
+                            metrics::counter!(TAKEN_OVER).increment(1);
+                        } else {
+                            let delay_ms = (pgnm_protocol::now_ms() as i64 - run.scheduled_for).max(0);
+                            metrics::histogram!(DISPATCH_DELAY).record(delay_ms as f64 / 1000.0);
+                            if run.missed > 0 {
+                                metrics::counter!(MISSED).increment(u64::from(run.missed));
+                            }
                         }
+                        metrics::counter!(DISPATCHED).increment(1);
                         held.lock().expect("held lock poisoned").insert(run.run_id);
                         tracker.spawn(dispatch(caller.clone(), run, held.clone(), done_tx.clone()));
                     }
@@ -184,5 +213,6 @@ async fn dispatch(caller: Caller, run: ClaimedRun, held: Held, done: mpsc::Unbou
     if outcome != RunOutcome::Ok {
         debug!(task = %run.name, outcome = outcome.as_str(), error = ?error, "run finished");
     }
+    metrics::counter!(FINISHED, "outcome" => outcome.as_str()).increment(1);
     let _ = done.send((run.run_id, outcome, error));
 }

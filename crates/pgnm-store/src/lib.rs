@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::info;
 
 pub use health::NodeState;
@@ -54,12 +56,26 @@ pub struct DbArgs {
         default_value_t = 5000
     )]
     pub timeout_ms: u64,
+    /// Database password (overrides one in the URL); set it from a secret, in the environment only.
+    #[arg(
+        id = "database_password",
+        long = "database-password",
+        value_name = "PASSWORD",
+        env = "PGNM_DATABASE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// PEM file of the CA certificates that sign the database server's certificate,
+    /// used with `sslmode=require` in the URL; without it the Mozilla root
+    /// certificates are trusted.
+    #[arg(id = "database_ca_file", long = "database-ca-file", value_name = "FILE", env = "PGNM_DATABASE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl DbArgs {
     /// Returns settings for `url` with the defaults otherwise.
     pub fn new(url: impl Into<String>) -> Self {
-        DbArgs { url: url.into(), pool_size: 8, timeout_ms: 5000 }
+        DbArgs { url: url.into(), pool_size: 8, timeout_ms: 5000, password: None, ca_file: None }
     }
 }
 
@@ -101,10 +117,17 @@ impl StoreError {
 }
 
 /// The database: a pool of connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -112,6 +135,23 @@ impl Store {
     /// when the database is down; [`Store::check`] does.
     pub fn new(args: &DbArgs) -> Result<Store, StoreError> {
         let mut config: tokio_postgres::Config = args.url.parse().map_err(|e| StoreError::Config(format!("{e}")))?;
+        if let Some(password) = &args.password {
+            config.password(password);
+        }
+        // TLS when the URL asks for it (`sslmode=require`): encrypted and verified.
+        let tls = match (config.get_ssl_mode(), &args.ca_file) {
+            (SslMode::Require, ca_file) => {
+                let rustls = pgnm_runtime::tls::client_config(ca_file.as_deref()).map_err(StoreError::Config)?;
+                Some(MakeRustlsConnect::new(rustls))
+            }
+            (_, Some(_)) => {
+                return Err(StoreError::Config(
+                    "a CA file is set (PGNM_DATABASE_CA_FILE) but the URL does not ask for TLS (sslmode=require)"
+                        .to_owned(),
+                ));
+            }
+            (_, None) => None,
+        };
         let timeout = Duration::from_millis(args.timeout_ms.max(1));
         let options = format!("{} -c statement_timeout={}", config.get_options().unwrap_or(""), timeout.as_millis());
         config.options(options.trim());
@@ -119,8 +159,11 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("pgnm");
         }
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(args.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -129,7 +172,7 @@ impl Store {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Store { pool, config })
+        Ok(Store { pool, config, tls })
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -151,12 +194,32 @@ impl Store {
         if found == expected { Ok(()) } else { Err(StoreError::SchemaVersion { found, expected }) }
     }
 
+    /// Returns a readiness check (see `pgnm_runtime::Readiness`): the database
+    /// answers and its schema is the one this build expects.
+    pub fn ready_check(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync + 'static {
+        let store = self.clone();
+        move || {
+            let store = store.clone();
+            Box::pin(async move { store.check().await.map_err(|e| pgnm_runtime::error_chain(&e)) })
+        }
+    }
+
     /// Applies the pending migrations, over a connection of its own holding an
     /// advisory lock, so that two migration runs never interleave. Returns the
     /// versions applied.
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
-        let (mut client, connection) = self.config.connect(NoTls).await?;
-        let driver = tokio::spawn(connection);
+        let (mut client, driver) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                (client, tokio::spawn(async move { connection.await.map(|_| ()) }))
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (client, tokio::spawn(async move { connection.await.map(|_| ()) }))
+            }
+        };
         client.execute("SELECT pg_advisory_lock(hashtext('pgnm.migrate'))", &[]).await?;
         let report = embedded::migrations::runner().run_async(&mut client).await.map_err(StoreError::Migrate);
         let _ = client.execute("SELECT pg_advisory_unlock(hashtext('pgnm.migrate'))", &[]).await;

@@ -52,6 +52,9 @@ pub struct ClaimedRun {
     pub args: Option<serde_json::Map<String, Json>>,
     /// The run's deadline, from dispatch.
     pub timeout_ms: u64,
+    /// Ticks of the schedule that passed unrun before this one was claimed (they
+    /// coalesce into this run); 0 for a run taken over.
+    pub missed: u32,
 }
 
 /// How a run ended.
@@ -147,6 +150,9 @@ fn task_from(row: &Row, last_outcome: Option<String>, last_error: Option<String>
     }
 }
 
+/// Most missed ticks counted per claimed run.
+const MAX_MISSED_COUNTED: u32 = 10_000;
+
 fn row_to_run(row: &Row) -> ClaimedRun {
     let timeout: i64 = row.get("timeout_ms");
     ClaimedRun {
@@ -159,6 +165,7 @@ fn row_to_run(row: &Row) -> ClaimedRun {
         role: row.get("role"),
         args: args_of(row.get("args")),
         timeout_ms: timeout.max(0) as u64,
+        missed: 0,
     }
 }
 
@@ -348,7 +355,28 @@ impl Store {
             )
             .await?;
         tx.commit().await?;
-        Ok(rows.iter().map(row_to_run).collect())
+        // Ticks skipped between each run's tick and now (counted up to a bound).
+        let missed: std::collections::HashMap<String, u32> = due
+            .iter()
+            .zip(&request_ids)
+            .map(|(t, rid)| {
+                let mut count = 0u32;
+                let mut tick = next(&t.spec, t.next_run_at, t.next_run_at);
+                while tick <= now_ms && count < MAX_MISSED_COUNTED {
+                    count += 1;
+                    tick = next(&t.spec, tick, tick);
+                }
+                (rid.clone(), count)
+            })
+            .collect();
+        Ok(rows
+            .iter()
+            .map(row_to_run)
+            .map(|mut run| {
+                run.missed = missed.get(&run.request_id).copied().unwrap_or(0);
+                run
+            })
+            .collect())
     }
 
     /// Returns when the next runnable tick is due (epoch ms) and the database's

@@ -2,6 +2,7 @@
 //! answered from an in-memory view of the fleet that every checker replica keeps
 //! current from the database.
 
+mod metrics;
 pub mod probe;
 pub mod status;
 pub mod transport;
@@ -26,6 +27,8 @@ use crate::registry::store_error;
 use pgnm_rpc::{RpcClient, secrets};
 use probe::Observation;
 use status::{Hysteresis, Probed};
+
+pub use metrics::describe as describe_metrics;
 
 /// Health-check settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -132,6 +135,7 @@ pub struct Health {
     sticky: Mutex<HashMap<String, i64>>,
     events: EventSink,
     proxy: pgnm_bus::Caller,
+    gauges: metrics::FleetGauges,
 }
 
 impl std::fmt::Debug for Health {
@@ -178,6 +182,7 @@ impl Health {
             sticky: Mutex::default(),
             events,
             proxy,
+            gauges: metrics::FleetGauges::default(),
         }
     }
 
@@ -210,6 +215,7 @@ impl Health {
     async fn load(&self, version: FleetVersion) -> Result<(), pgnm_store::StoreError> {
         // The version is read first: a change after it makes the next one differ.
         let nodes = self.store.fleet().await?;
+        self.gauges.export(&nodes);
         let snapshot = Arc::new(Snapshot::new(nodes));
         *self.view.write().expect("view lock poisoned") = snapshot;
         *self.version.lock().expect("version lock poisoned") = Some((version, Instant::now()));
@@ -226,7 +232,11 @@ impl Health {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            match self.refresh_if_changed().await {
+            let refreshed = self.refresh_if_changed().await;
+            if let Some((_, at)) = *self.version.lock().expect("version lock poisoned") {
+                metrics::view_age(at.elapsed());
+            }
+            match refreshed {
                 Ok(()) if failing => {
                     info!("the fleet view is current again");
                     failing = false;
@@ -275,7 +285,9 @@ impl Health {
             })
             .map(|(i, _)| i)
             .collect();
-        let (states, changed) = self.run_round(&fleet, &targets).await?;
+        let round = self.run_round(&fleet, &targets).await;
+        metrics::round(round.is_ok(), started.elapsed(), targets.len());
+        let (states, changed) = round?;
         let mut by_status: BTreeMap<String, u32> = BTreeMap::new();
         let mut group_heads = BTreeMap::new();
         for s in &states {
@@ -414,6 +426,7 @@ impl Health {
             if changed {
                 let from = prev.as_ref().map(|p| p.status.clone()).unwrap_or_else(|| status::UNKNOWN.to_owned());
                 info!(node = %node.node_hash, name = %node.spec.name, from = %from, to = %state.status, reason = %state.reason, height = ?state.height, "node status changed");
+                metrics::status_changed(&node.node_type, &state.status);
                 events.push(StatusEvent {
                     node_id: node.id,
                     node_hash: node.node_hash.clone(),
@@ -511,6 +524,7 @@ impl Health {
         };
         if current.map(|c| c.0.id) != Some(chosen.0.id) {
             info!(r#type = %args.node_type, node = %chosen.0.node_hash, name = %chosen.0.spec.name, "best node switched");
+            metrics::best_switched(&args.node_type);
         }
         sticky.insert(key, chosen.0.id);
         drop(sticky);
