@@ -474,15 +474,29 @@ pub fn free_port() -> u16 {
 pub struct OwnRedis {
     port: u16,
     child: Option<std::process::Child>,
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl OwnRedis {
     /// Starts `redis-server` on a free port and waits until it answers.
     pub async fn start() -> OwnRedis {
+        Self::start_with(&[], false).await
+    }
+
+    /// Starts `redis-server` with `extra` arguments; with `tls`, the free port is
+    /// its TLS port (`--tls-port`, the TLS settings among `extra`) and plain TCP is off.
+    pub async fn start_with(extra: &[&str], tls: bool) -> OwnRedis {
         let port = free_port();
-        let mut redis = OwnRedis { port, child: None };
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        let mut redis = OwnRedis { port, child: None, extra, tls };
         redis.spawn().await;
         redis
+    }
+
+    /// Returns the server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Returns the server's URL.
@@ -504,8 +518,12 @@ impl OwnRedis {
     }
 
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports = if self.tls { vec!["--port", "0", "--tls-port", &port] } else { vec!["--port", &port] };
         let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
+            .args(&self.extra)
             .arg("--dir")
             .arg(std::env::temp_dir())
             .stdin(Stdio::null())

@@ -119,9 +119,16 @@ impl Bus {
     }
 }
 
+/// URL schemes accepted: single server, cluster and Sentinel, each plain or TLS.
+const SCHEMES: [&str; 6] = ["redis", "rediss", "redis-cluster", "rediss-cluster", "redis-sentinel", "rediss-sentinel"];
+
 /// Reads the URL and applies the credentials and TLS settings given beside it.
 fn config(args: &RedisArgs) -> Result<Config, BusError> {
     let invalid = |message: String| BusError::Config(format!("redis url {}: {message}", redact_url(&args.url)));
+    let scheme = args.url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    if !SCHEMES.contains(&scheme) {
+        return Err(invalid(format!("the scheme must be one of {}", SCHEMES.join(", "))));
+    }
     let mut config = Config::from_url(&args.url).map_err(|e| invalid(e.details().to_owned()))?;
     if let Some(user) = &args.username {
         config.username = Some(user.clone());
@@ -180,7 +187,10 @@ async fn init(client: &Client, url: &str, timeout: Duration) -> Result<(), BusEr
     match tokio::time::timeout(timeout.max(Duration::from_secs(3)), connect).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => {
-            let _ = client.quit().await;
+            // A client that gave up is stopped already; quitting it again only warns.
+            if client.state() != fred::types::ClientState::Disconnected {
+                let _ = client.quit().await;
+            }
             if is_auth_error(&source) {
                 return Err(BusError::Auth { url: url.to_owned(), reason: source.details().to_owned() });
             }
