@@ -2,10 +2,12 @@
 
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
-VENV_PY := $(CURDIR)/$(VENV)/bin/python
+# The Python tools of the tests; CI keeps this outside the clone to reuse it.
+VENV ?= .venv
+VENV_PY := $(abspath $(VENV))/bin/python
+REQUIREMENTS := proto-schemas/examples/requirements.txt deploy/helm/requirements.txt
 
-.PHONY: help build run test fmt lint schemas bench
+.PHONY: help build run test fmt lint schemas manifests bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,14 +33,18 @@ lint: ## Clippy with warnings denied
 schemas: ## Regenerate proto-schemas/*.json from the Rust types
 	PGNM_BLESS=1 cargo nextest run -p pgnm-tests --test schemas committed_schemas_match
 
+manifests: $(VENV)/.ready ## Re-render deploy/k8s/ from the Helm chart (after checking it)
+	$(VENV_PY) deploy/helm/check.py --bless
+
 bench: ## Print throughput and latency figures (release build)
 	cargo build --release --workspace --bins
 	cargo run --quiet --release -p pgnm-bench
 
-# The Python tools the tests use (the proto-schemas example's redis + msgpack).
-$(VENV)/.ready: proto-schemas/examples/requirements.txt
+# The Python tools the tests use: the proto-schemas example's redis + msgpack,
+# and the chart checks' helm-python-sdk + kubernetes-validate.
+$(VENV)/.ready: $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r proto-schemas/examples/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(REQUIREMENTS))
 	touch $@
 
 # anvil, the real EVM node of the end-to-end tests (npm package @foundry-rs/anvil).
