@@ -26,7 +26,7 @@ fn the_dockerfile_builds_every_binary_into_a_non_root_image() {
     for binary in ["pgnm", "pgnm-router", "pgnm-checker", "pgnm-scheduler", "pgnm-jrpc-proxy", "pgnm-sim"] {
         assert!(dockerfile.contains(&format!("target/release/{binary} ")), "{binary} is copied into the image");
     }
-    let last_from = dockerfile.lines().filter(|l| l.starts_with("FROM ")).last().expect("a FROM");
+    let last_from = dockerfile.lines().rfind(|l| l.starts_with("FROM ")).expect("a FROM");
     assert!(last_from.contains("distroless") && last_from.contains("nonroot"), "{last_from}");
     assert!(dockerfile.lines().any(|l| l.trim() == "USER 65532:65532"));
 }

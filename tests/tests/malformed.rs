@@ -56,6 +56,12 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
     // Unanswerable: garbage bytes, a map without a readable replyTo, a replyTo
     // outside the reply namespace, an entry without the `m` field.
     env.xadd_raw(&env.keys.ingress(), vec![0xc1, 0xff, 0x00, 0x13, 0x37]).await;
+    // Nested 100,000 deep: refused before any recursive decoder sees it (it
+    // would overflow the stack and take the router down).
+    let mut deep = vec![0x81, 0xa4, b'a', b'r', b'g', b's'];
+    deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+    deep.push(0xc0);
+    env.xadd_raw(&env.keys.ingress(), deep).await;
     env.xadd_raw(&env.keys.ingress(), msgpack(json!({"id": 5, "replyTo": 7}))).await;
     let mut hijack = good("hijack", "ping");
     hijack["replyTo"] = json!(env.keys.inbox(Role::Checker));
@@ -79,8 +85,8 @@ async fn malformed_requests_get_typed_errors_or_dead_letters() {
     assert!(message("bad-args").contains("args.delayMs"), "{}", message("bad-args"));
     assert!(message("missing-field").contains("caller"), "{}", message("missing-field"));
 
-    let dead = env.wait_dead_letters(&env.keys.dead_letter(Role::Router), 4).await;
-    assert_eq!(dead.len(), 4, "{dead:?}");
+    let dead = env.wait_dead_letters(&env.keys.dead_letter(Role::Router), 5).await;
+    assert_eq!(dead.len(), 5, "{dead:?}");
     assert!(dead.iter().all(|d| d.contains_key("reason") && d.contains_key("entry")));
 
     // Still serving.

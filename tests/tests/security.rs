@@ -56,11 +56,8 @@ async fn bad_configuration_ends_the_process_with_one_clear_line() {
     let r = run_to_exit("pgnm-scheduler", &[redis.clone(), db_down]).await;
     assert_one_clear_line("pgnm-scheduler", r, "database unavailable");
 
-    let r = run_to_exit(
-        "pgnm-checker",
-        &[redis.clone(), ("PGNM_DATABASE_CA_FILE", "/nonexistent/ca.pem".to_owned())],
-    )
-    .await;
+    let r = run_to_exit("pgnm-checker", &[redis.clone(), ("PGNM_DATABASE_CA_FILE", "/nonexistent/ca.pem".to_owned())])
+        .await;
     assert_one_clear_line("pgnm-checker", r, "sslmode=require");
 
     let r = run_to_exit(
@@ -82,7 +79,7 @@ async fn redis_auth_missing_or_wrong_password_fails_clearly_and_the_right_one_wo
     let redis = OwnRedis::start_with(&["--requirepass", "s3cret-pass"], false).await;
     let url = ("PGNM_REDIS_URL", redis.url());
 
-    let r = run_to_exit("pgnm-router", &[url.clone()]).await;
+    let r = run_to_exit("pgnm-router", std::slice::from_ref(&url)).await;
     assert_one_clear_line("pgnm-router", r, "refused the credentials");
     let r = run_to_exit("pgnm-router", &[url.clone(), ("PGNM_REDIS_PASSWORD", "wrong".to_owned())]).await;
     assert_one_clear_line("pgnm-router", r.clone(), "refused the credentials");

@@ -57,8 +57,7 @@ async fn sigterm_under_load_leaves_no_request_unanswered() {
         *by_instance.entry(reply.instance.clone()).or_default() += 1;
         assert!(reply.error.is_none(), "{}: {:?}", reply.id, reply.error);
     }
-    let missing: Vec<String> =
-        (0..total).map(|i| format!("load-{i}")).filter(|id| !per_id.contains_key(id)).collect();
+    let missing: Vec<String> = (0..total).map(|i| format!("load-{i}")).filter(|id| !per_id.contains_key(id)).collect();
     assert!(missing.is_empty(), "unanswered: {missing:?}");
     let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "answered more than once: {twice:?}");

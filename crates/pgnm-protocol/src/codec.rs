@@ -14,6 +14,83 @@ pub const ENTRY_FIELD: &str = "m";
 #[error("malformed message: {0}")]
 pub struct DecodeError(#[source] rmp_serde::decode::Error);
 
+/// Deepest nesting of maps and arrays accepted in a message. Real messages
+/// nest a few levels; a hostile one nested thousands deep would overflow the
+/// stack of the recursive decoders, so it is refused before decoding.
+pub const MAX_NESTING: usize = 32;
+
+/// Returns whether the first MessagePack value of `bytes` nests maps and
+/// arrays at most `max` deep. Reads iteratively (no recursion), skipping
+/// scalars by their length; a truncated or invalid value counts as within the
+/// limit (the decoder then reports what is wrong with it).
+pub fn nesting_within(bytes: &[u8], max: usize) -> bool {
+    let mut pos = 0usize;
+    // Values still to read at each open level; the bottom one is the top-level value.
+    let mut open: Vec<u64> = vec![1];
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at.checked_add(n)?)?;
+        Some(b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+    };
+    while let Some(&marker) = bytes.get(pos) {
+        pos += 1;
+        // (bytes to skip after the marker, items of a container opened)
+        let (skip, items): (u64, Option<u64>) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, None),
+            0x80..=0x8f => (0, Some(2 * u64::from(marker & 0x0f))),
+            0x90..=0x9f => (0, Some(u64::from(marker & 0x0f))),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), None),
+            0xc4 | 0xd9 => (1 + be(pos, 1).unwrap_or(0), None),
+            0xc5 | 0xda => (2 + be(pos, 2).unwrap_or(0), None),
+            0xc6 | 0xdb => (4 + be(pos, 4).unwrap_or(0), None),
+            0xc7 => (2 + be(pos, 1).unwrap_or(0), None),
+            0xc8 => (3 + be(pos, 2).unwrap_or(0), None),
+            0xc9 => (5 + be(pos, 4).unwrap_or(0), None),
+            0xca | 0xce | 0xd2 => (4, None),
+            0xcb | 0xcf | 0xd3 => (8, None),
+            0xcc | 0xd0 => (1, None),
+            0xcd | 0xd1 => (2, None),
+            0xd4 => (2, None),
+            0xd5 => (3, None),
+            0xd6 => (5, None),
+            0xd7 => (9, None),
+            0xd8 => (17, None),
+            0xdc => (2, Some(be(pos, 2).unwrap_or(0))),
+            0xdd => (4, Some(be(pos, 4).unwrap_or(0))),
+            0xde => (2, Some(2 * be(pos, 2).unwrap_or(0))),
+            0xdf => (4, Some(2 * be(pos, 4).unwrap_or(0))),
+            0xc1 => return true, // never used: the decoder refuses it
+        };
+        pos = match usize::try_from(skip).ok().and_then(|s| pos.checked_add(s)) {
+            Some(p) => p,
+            None => return true,
+        };
+        if let Some(top) = open.last_mut() {
+            *top -= 1;
+        }
+        if let Some(n) = items.filter(|n| *n > 0) {
+            open.push(n);
+            if open.len() - 1 > max {
+                return false;
+            }
+        }
+        while open.last() == Some(&0) {
+            open.pop();
+        }
+        if open.is_empty() {
+            return true;
+        }
+    }
+    true
+}
+
+fn check_nesting(bytes: &[u8]) -> Result<(), DecodeError> {
+    if nesting_within(bytes, MAX_NESTING) {
+        Ok(())
+    } else {
+        Err(DecodeError(rmp_serde::decode::Error::DepthLimitExceeded))
+    }
+}
+
 /// Encodes a request as a MessagePack map.
 pub fn encode_request<A: Serialize>(request: &Request<A>) -> Vec<u8> {
     rmp_serde::to_vec_named(request).expect("a request with serializable arguments always encodes")
@@ -21,6 +98,7 @@ pub fn encode_request<A: Serialize>(request: &Request<A>) -> Vec<u8> {
 
 /// Decodes a request, with arguments of type `A`.
 pub fn decode_request<A: DeserializeOwned>(bytes: &[u8]) -> Result<Request<A>, DecodeError> {
+    check_nesting(bytes)?;
     rmp_serde::from_slice(bytes).map_err(DecodeError)
 }
 
@@ -28,6 +106,9 @@ pub fn decode_request<A: DeserializeOwned>(bytes: &[u8]) -> Result<Request<A>, D
 /// malformed: the id, reply stream and command, where each is a string.
 pub fn decode_header(bytes: &[u8]) -> Header {
     let mut header = Header::default();
+    if check_nesting(bytes).is_err() {
+        return header;
+    }
     let Ok(rmpv::Value::Map(fields)) = rmpv::decode::read_value(&mut &bytes[..]) else {
         return header;
     };
@@ -76,6 +157,7 @@ pub fn encode_reply(id: &str, instance: &str, body: ReplyBody<'_>) -> Vec<u8> {
 
 /// Decodes a reply.
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
+    check_nesting(bytes)?;
     rmp_serde::from_slice(bytes).map_err(DecodeError)
 }
 
@@ -117,6 +199,29 @@ mod tests {
         let header = decode_header(&bytes);
         assert_eq!(header.id.as_deref(), Some("r1"));
         assert_eq!(header.reply_to.as_deref(), Some("pgnm:reply:x"));
+    }
+
+    #[test]
+    fn nesting_is_measured_without_recursion() {
+        let nested = |depth: usize| {
+            let mut v = rmpv::Value::Nil;
+            for _ in 0..depth {
+                v = rmpv::Value::Map(vec![("k".into(), rmpv::Value::Array(vec![1.into(), "s".into(), v]))]);
+            }
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, &v).unwrap();
+            bytes
+        };
+        // Each level is a map holding an array: two levels of nesting.
+        assert!(nesting_within(&nested(16), 32));
+        assert!(!nesting_within(&nested(17), 32));
+        assert!(nesting_within(&nested(0), 0));
+        let mut deep = vec![0x91u8; 1_000_000];
+        deep.push(0xc0);
+        assert!(!nesting_within(&deep, MAX_NESTING));
+        let err = decode_request::<rmpv::Value>(&deep).unwrap_err();
+        assert!(err.to_string().contains("depth"), "{err}");
+        assert_eq!(decode_header(&deep), Header::default());
     }
 
     #[test]
