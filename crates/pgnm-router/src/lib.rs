@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use pgnm_bus::metrics::{self, CommandTimer};
 use pgnm_bus::service::{self, answer_once, reject_unreadable, send_reply};
 use pgnm_bus::worker::{self, Delivery, Disposition, EntryHandler, Source};
 use pgnm_bus::{Bus, BusError, Caller, RedisArgs, WorkerArgs};
@@ -59,6 +60,12 @@ pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> Result<()
     worker::run(bus, source, config.worker, router, shutdown).await
 }
 
+/// Whether the router passes a command on or answers it itself.
+enum RouteKind {
+    One,
+    Here,
+}
+
 struct Router {
     bus: Bus,
     caller: Caller,
@@ -80,7 +87,8 @@ impl EntryHandler for Router {
             Err(e) => return reject_unreadable(&self.bus, &payload, ErrorCode::BadRequest, e.to_string()).await,
         };
         let span = info_span!("route", cmd = %request.command, id = %request.id);
-        self.route(payload, request).instrument(span).await
+        let timer = CommandTimer::start(Role::Router.as_str(), &request.command);
+        self.route(payload, request, &timer).instrument(span).await
     }
 
     async fn give_up(&self, delivery: &Delivery, reason: &str) {
@@ -89,13 +97,16 @@ impl EntryHandler for Router {
 }
 
 impl Router {
-    async fn route(&self, payload: Bytes, request: Request<IgnoredAny>) -> Disposition {
+    async fn route(&self, payload: Bytes, request: Request<IgnoredAny>, timer: &CommandTimer) -> Disposition {
         let reply_to = match service::reply_stream(&self.bus, request.reply_to.as_deref()) {
             Ok(to) => to,
             Err(dead) => return dead,
         };
         let id = request.id.as_str();
-        let refuse = |error: ErrorBody| service::refuse(&self.bus, id, reply_to, error);
+        let refuse = |error: ErrorBody| {
+            timer.failed(error.code);
+            service::refuse(&self.bus, id, reply_to, error)
+        };
         if let Err(e) = request.validate(true) {
             return refuse(ErrorBody::bad_request(e.to_string())).await;
         }
@@ -113,11 +124,17 @@ impl Router {
             ))
             .await;
         }
-        match route {
+        let route_kind = if matches!(route, Route::One(_)) { RouteKind::One } else { RouteKind::Here };
+        let disposition = match route {
             Route::One(role) => self.forward(role, payload).await,
             Route::Local => self.answer_locally(command, &payload, id, reply_to).await,
             Route::FanOut(roles) => self.fan_out(roles, &payload, id, reply_to).await,
+        };
+        if matches!(disposition, Disposition::Ack) {
+            // Answered here (ping, a fan-out's join) or passed on to a role.
+            timer.finish(if matches!(route_kind, RouteKind::One) { metrics::FORWARDED } else { metrics::OK });
         }
+        disposition
     }
 
     async fn forward(&self, role: Role, payload: Bytes) -> Disposition {
