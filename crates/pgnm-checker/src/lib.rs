@@ -84,12 +84,10 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> Result<(
         tracing::warn!(code = %e.code, error = %e.message, "cold-start load of the nodes file failed");
     }
     let bus = Bus::connect(&config.redis, &instance).await?;
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
     let readiness = Readiness::new(&shutdown)
         .check("redis", bus.group_check(bus.keys().inbox(Role::Checker), Role::Checker.as_str()))
         .check("postgres", store.ready_check());
-    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(CheckerError::Config)?;
+    let _admin = pgnm_runtime::admin::start(&config.admin, readiness).await.map_err(CheckerError::Config)?;
     pgnm_bus::metrics::describe();
     health::describe_metrics();
     // Probes of nodes behind pgnm-jrpc-proxy go through the router like any call.

@@ -35,11 +35,9 @@ pub struct ProxyConfig {
 pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(), BusError> {
     let instance = config.instance.clone().unwrap_or_else(|| pgnm_runtime::default_instance("jrpc-proxy"));
     let bus = Bus::connect(&config.redis, &instance).await?;
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
     let inbox = bus.keys().inbox(Role::JrpcProxy);
     let readiness = Readiness::new(&shutdown).check("redis", bus.group_check(inbox, Role::JrpcProxy.as_str()));
-    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(BusError::Config)?;
+    let _admin = pgnm_runtime::admin::start(&config.admin, readiness).await.map_err(BusError::Config)?;
     pgnm_bus::metrics::describe();
     let handler = Proxy { client: RpcClient::new() };
     service::serve(bus, Role::JrpcProxy, config.worker, handler, shutdown).await

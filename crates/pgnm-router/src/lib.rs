@@ -45,10 +45,8 @@ pub struct RouterConfig {
 pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> Result<(), BusError> {
     let instance = config.instance.clone().unwrap_or_else(|| pgnm_runtime::default_instance("router"));
     let bus = Bus::connect(&config.redis, &instance).await?;
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
     let readiness = Readiness::new(&shutdown).check("redis", bus.group_check(bus.keys().ingress(), "router"));
-    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(BusError::Config)?;
+    let _admin = pgnm_runtime::admin::start(&config.admin, readiness).await.map_err(BusError::Config)?;
     pgnm_bus::metrics::describe();
     let caller = Caller::start(bus.clone(), &instance).await?;
     let source = Source {

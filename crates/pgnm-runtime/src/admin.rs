@@ -132,15 +132,19 @@ struct AppState {
     metrics: &'static PrometheusHandle,
 }
 
-/// Starts the admin server (unless it is `off`) and returns the address it
-/// listens on. It serves until `stop` is cancelled; a port that cannot be bound
-/// is an error at start.
-pub async fn start(
-    args: &AdminArgs,
-    readiness: Readiness,
-    stop: CancellationToken,
-) -> Result<Option<SocketAddr>, String> {
-    let Some(addr) = args.addr.0 else { return Ok(None) };
+/// A running admin server; dropping it stops the server.
+#[derive(Debug)]
+pub struct AdminServer {
+    /// Where it listens (`None` when it is `off`).
+    pub addr: Option<SocketAddr>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Starts the admin server (unless it is `off`); it serves until the returned
+/// handle is dropped. A port that cannot be bound is an error at start.
+pub async fn start(args: &AdminArgs, readiness: Readiness) -> Result<AdminServer, String> {
+    let stop = CancellationToken::new();
+    let Some(addr) = args.addr.0 else { return Ok(AdminServer { addr: None, _stop: stop.drop_guard() }) };
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("admin server cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| format!("admin server address: {e}"))?;
@@ -150,7 +154,7 @@ pub async fn start(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
-    let upkeep = stop.clone();
+    let (upkeep, stop_serving) = (stop.clone(), stop.clone());
     tokio::spawn(async move {
         // Histograms and idle series are compacted here rather than on each scrape.
         loop {
@@ -161,13 +165,13 @@ pub async fn start(
         }
     });
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        let served = axum::serve(listener, app).with_graceful_shutdown(stop_serving.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin server stopped");
         }
     });
     tracing::info!(addr = %local, "admin server listening");
-    Ok(Some(local))
+    Ok(AdminServer { addr: Some(local), _stop: stop.drop_guard() })
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -85,12 +85,10 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         }
     }
     let bus = Bus::connect(&config.redis, &instance).await?;
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
     let readiness = Readiness::new(&shutdown)
         .check("redis", bus.group_check(bus.keys().inbox(Role::Scheduler), Role::Scheduler.as_str()))
         .check("postgres", store.ready_check());
-    pgnm_runtime::admin::start(&config.admin, readiness, admin_stop).await.map_err(SchedulerError::Config)?;
+    let _admin = pgnm_runtime::admin::start(&config.admin, readiness).await.map_err(SchedulerError::Config)?;
     pgnm_bus::metrics::describe();
     runner::describe_metrics();
     // The runner sends commands like any caller, over its own reply stream.
