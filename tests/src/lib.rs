@@ -333,23 +333,31 @@ impl Env {
             s.stop().await;
         }
         let pattern = format!("*{}*", self.prefix);
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, keys): (String, Vec<String>) = self
-                .redis
-                .custom(
-                    fred::cmd!("SCAN"),
-                    vec![cursor.clone(), "MATCH".into(), pattern.clone(), "COUNT".into(), "1000".into()],
-                )
-                .await
-                .expect("scan");
-            if !keys.is_empty() {
-                let _: i64 = self.redis.del(keys).await.expect("del");
+        // Each node's keys (one node unless Redis is a cluster), deleted one by
+        // one (keys of different slots cannot share a DEL).
+        let nodes: Vec<Option<fred::types::config::Server>> = if self.redis.is_clustered() {
+            self.redis.active_connections().into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for node in nodes {
+            let options = fred::types::config::Options { cluster_node: node, ..Default::default() };
+            let on_node = self.redis.with_options(&options);
+            let mut cursor = "0".to_owned();
+            loop {
+                let args = vec![cursor.clone(), "MATCH".into(), pattern.clone(), "COUNT".into(), "1000".into()];
+                let Ok((next, keys)) = on_node.custom::<(String, Vec<String>), _>(fred::cmd!("SCAN"), args).await
+                else {
+                    break;
+                };
+                for key in keys {
+                    let _: Result<i64, _> = self.redis.del(key).await;
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
         }
         let _ = self.redis.quit().await;
         let admin = pg_connect(&database_url()).await;

@@ -95,7 +95,7 @@ struct Shared<H> {
     args: WorkerArgs,
     handler: H,
     slots: Arc<Semaphore>,
-    in_flight: Mutex<HashMap<String, Instant>>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
     acks: mpsc::UnboundedSender<String>,
     tracker: TaskTracker,
 }
@@ -125,19 +125,25 @@ pub async fn run<H: EntryHandler>(
     info!(stream = %shared.source.stream, group = %shared.source.group, consumer = %shared.bus.instance(), "worker started");
 
     let background = CancellationToken::new();
+    // The claims of work in progress stay fresh through the drain, or another
+    // instance would take over (and answer again) entries still being worked on.
+    let claims = CancellationToken::new();
     let acker = tokio::spawn(ack_loop(shared.bus.clone(), shared.source.clone(), ack_rx));
     let reclaimer = tokio::spawn(reclaim_loop(shared.clone(), background.clone()));
-    let refresher = tokio::spawn(refresh_loop(shared.clone(), background.clone()));
+    let refresher = tokio::spawn(refresh_loop(shared.clone(), claims.clone()));
     let janitor = tokio::spawn(janitor_loop(shared.clone(), background.clone()));
 
     read_loop(&shared, &reader, block, &shutdown).await;
 
     // Drain: no more reads; wait for in-flight work, then hand back what is left.
     background.cancel();
-    let _ = tokio::join!(reclaimer, refresher, janitor);
+    let _ = tokio::join!(reclaimer, janitor);
     shared.tracker.close();
     let drain = Duration::from_millis(shared.args.drain_timeout_ms);
-    if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(drain, shared.tracker.wait()).await.is_ok();
+    claims.cancel();
+    let _ = refresher.await;
+    if !drained {
         hand_back(&shared).await;
     }
     let _ = reader.quit().await;
@@ -244,6 +250,12 @@ async fn sleep_or_cancel(d: Duration, token: &CancellationToken) {
     }
 }
 
+/// An entry being handled here: since when, and how to stop its handler.
+struct InFlight {
+    started: Instant,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
 fn spawn_entry<H: EntryHandler>(
     shared: &Arc<Shared<H>>,
     entry: StreamEntry,
@@ -256,12 +268,13 @@ fn spawn_entry<H: EntryHandler>(
             // Already being handled here (claimed back by our own reclaimer).
             return;
         }
-        in_flight.insert(entry.id.clone(), Instant::now());
+        in_flight.insert(entry.id.clone(), InFlight { started: Instant::now(), abort: None });
     }
+    let id = entry.id.clone();
     let in_flight = metrics::gauge!(m::IN_FLIGHT, "group" => shared.source.group.clone());
     in_flight.increment(1);
     let shared2 = shared.clone();
-    shared.tracker.spawn(async move {
+    let handle = shared.tracker.spawn(async move {
         let shared = shared2;
         let delivery = Delivery { entry_id: entry.id.clone(), payload: entry.payload, deliveries };
         let exhausted = deliveries > shared.args.max_deliveries;
@@ -294,6 +307,9 @@ fn spawn_entry<H: EntryHandler>(
         in_flight.decrement(1);
         drop(permit);
     });
+    if let Some(e) = shared.in_flight.lock().expect("in-flight lock poisoned").get_mut(&id) {
+        e.abort = Some(handle.abort_handle());
+    }
 }
 
 async fn dead_letter<H>(shared: &Shared<H>, d: &Delivery, reason: &str) -> Result<(), BusError> {
@@ -459,7 +475,7 @@ async fn refresh_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
         }
         let ids: Vec<String> = {
             let in_flight = shared.in_flight.lock().expect("in-flight lock poisoned");
-            in_flight.iter().filter(|(_, started)| started.elapsed() >= period).map(|(id, _)| id.clone()).collect()
+            in_flight.iter().filter(|(_, e)| e.started.elapsed() >= period).map(|(id, _)| id.clone()).collect()
         };
         if ids.is_empty() {
             continue;
@@ -492,7 +508,18 @@ async fn claim_ids<H>(shared: &Shared<H>, ids: &[String], idle: Option<Duration>
 /// Hands back unfinished entries at the end of a drain: they are marked idle for
 /// the whole claim timeout, so another instance's reclaimer takes them at once.
 async fn hand_back<H>(shared: &Shared<H>) {
-    let ids: Vec<String> = shared.in_flight.lock().expect("in-flight lock poisoned").keys().cloned().collect();
+    // Stop the handlers first: one still running after its entry went to
+    // another instance would execute the request there a second time.
+    let ids: Vec<String> = {
+        let in_flight = shared.in_flight.lock().expect("in-flight lock poisoned");
+        for e in in_flight.values() {
+            if let Some(abort) = &e.abort {
+                abort.abort();
+            }
+        }
+        in_flight.keys().cloned().collect()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait()).await;
     if ids.is_empty() {
         return;
     }
