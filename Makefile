@@ -7,7 +7,7 @@ VENV ?= .venv
 VENV_PY := $(abspath $(VENV))/bin/python
 REQUIREMENTS := proto-schemas/examples/requirements.txt deploy/helm/requirements.txt
 
-.PHONY: help build run test test-cluster fmt lint schemas manifests bench
+.PHONY: help build run test test-cluster chaos fmt lint schemas manifests bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ schemas: ## Regenerate proto-schemas/*.json from the Rust types
 
 manifests: $(VENV)/.ready ## Re-render deploy/k8s/ from the Helm chart (after checking it)
 	$(VENV_PY) deploy/helm/check.py --bless
+
+CHAOS_SECS ?= 120
+chaos: ## Faults under load for CHAOS_SECS (120) seconds: kill -9 replicas, restart Redis, lose PostgreSQL
+	cargo build --workspace --bins
+	cargo run --quiet -p pgnm-tests --bin pgnm-chaos -- --duration-secs $(CHAOS_SECS)
 
 bench: ## Print throughput and latency figures (release build)
 	cargo build --release --workspace --bins

@@ -421,7 +421,9 @@ pub fn run_cli(env: &Env, args: &[&str]) -> std::process::Output {
 /// (`cargo build --workspace --bins`) next to the test executables.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
+    // Tests run from <profile>/deps, binaries of this package from <profile>.
+    let parent = exe.parent().expect("the executable's directory");
+    let dir = if parent.ends_with("deps") { parent.parent().expect("target profile directory") } else { parent };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -532,8 +534,11 @@ impl OwnRedis {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(ports)
             .args(&self.extra)
-            .arg("--dir")
-            .arg(std::env::temp_dir())
+            .args(if self.extra.iter().any(|a| a == "--dir") {
+                vec![]
+            } else {
+                vec!["--dir".into(), std::env::temp_dir().display().to_string()]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

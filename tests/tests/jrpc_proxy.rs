@@ -81,3 +81,49 @@ async fn nodes_behind_the_proxy_are_probed_through_it() {
     caller.close().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_is_executed_again_when_the_caller_retries_the_id() {
+    let mut env = Env::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = format!("http://{}", listener.local_addr().unwrap());
+    let mut failing = NodeBehaviour::healthy(Family::Evm, "evm");
+    failing.http_status = Some(503);
+    let stop = CancellationToken::new();
+    tokio::spawn(pgnm_sim::serve(listener, Sim::new(BTreeMap::from([("n".to_owned(), failing)])), stop.clone()));
+    env.start_router("router-1", fast_worker());
+    env.start_jrpc_proxy("proxy-1", fast_worker());
+    env.wait_for_groups().await;
+    let replies = env.raw_reply_stream("retry").await;
+    let args = rmpv::ext::to_value(json!({"url": format!("{sim}/node/n"), "method": "eth_chainId", "timeoutMs": 2000}))
+        .unwrap();
+    let mut request = env.request("retry-1", "jrpcCall", Some(args), Some(&replies), Duration::from_secs(10));
+    request.role = Some("jrpc-proxy".into());
+
+    env.send(&request).await;
+    let first = env.wait_replies(&replies, 1, Duration::from_secs(10)).await;
+    let error = first[0].error.as_ref().expect("the node fails");
+    assert_eq!((error.code, error.retryable), (ErrorCode::Unavailable, true));
+
+    // The node recovers; the caller sends the same request (same id) again.
+    reqwest::Client::new()
+        .put(format!("{sim}/control/n"))
+        .json(&NodeBehaviour::healthy(Family::Evm, "evm"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    env.send(&request).await;
+    let both = env.wait_replies(&replies, 2, Duration::from_secs(10)).await;
+    assert_eq!(both.len(), 2);
+    assert!(both[1].error.is_none(), "executed again, and succeeded: {:?}", both[1].error);
+
+    // Now it is final: a third send gets the stored success without executing.
+    env.send(&request).await;
+    let all = env.wait_replies(&replies, 3, Duration::from_secs(10)).await;
+    assert_eq!(all.len(), 3);
+    assert!(all[2].error.is_none());
+    stop.cancel();
+    env.finish().await;
+}

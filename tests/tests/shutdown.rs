@@ -76,7 +76,8 @@ async fn sigterm_under_load_leaves_no_request_unanswered() {
     assert!(missing.is_empty(), "unanswered: {missing:?}");
     assert!(by_instance.get("leaving").copied().unwrap_or(0) > 0, "{by_instance:?}");
     assert!(by_instance.get("staying").copied().unwrap_or(0) > 0, "{by_instance:?}");
-    // Exit within the drain timeout plus the time to stop reading and hand back.
-    assert!(took < Duration::from_millis(drain_ms + 3000), "took {took:?} to exit after SIGTERM");
+    // Exit within the drain timeout plus the time to stop reading and hand back
+    // (with room for a loaded machine; still well inside a 30 s grace period).
+    assert!(took < Duration::from_millis(drain_ms + 8000), "took {took:?} to exit after SIGTERM");
     env.finish().await;
 }

@@ -28,6 +28,10 @@ use crate::worker::{self, Delivery, Disposition, EntryHandler, Source};
 
 /// Marks a result record whose request is being executed; followed by the entry id.
 const RUNNING: &[u8] = b"run:";
+/// Marks the reply of a retryable failure, kept only so that a redelivery of
+/// the same entry is answered the same way; followed by the entry id, a newline
+/// and the reply. A new entry with the same request id executes again.
+const RETRYABLE: &[u8] = b"retry:";
 /// How long a running marker outlives its request's deadline.
 const MARKER_GRACE: Duration = Duration::from_secs(60);
 /// How often a duplicate of a running request looks for the stored reply.
@@ -157,10 +161,24 @@ impl<H: CommandHandler> RoleService<H> {
             match previous {
                 None => break,
                 Some(p) if p == marker => break, // our own entry, reclaimed from a dead consumer
+                Some(p) if p.starts_with(RETRYABLE) => match retryable_reply(&p, &delivery.entry_id) {
+                    // This very entry failed retryably and its reply went out: the same again.
+                    Some(reply) => return resend(reply).await,
+                    // The caller sent the id again after a retryable failure: execute again.
+                    None => match take_over(&self.bus, &key, &p, &marker, request.deadline).await {
+                        Ok(true) => break,
+                        Ok(false) => continue,
+                        Err(e) => {
+                            warn!(error = %e, "cannot claim the request; leaving it pending");
+                            return Disposition::Retry;
+                        }
+                    },
+                },
                 Some(p) if p.starts_with(RUNNING) => {
                     // The same request id is being executed from another entry: wait for its reply.
                     match wait_for_reply(&self.bus, &key, request.deadline).await {
-                        Ok(Some(stored)) => return resend(stored).await,
+                        Ok(Some(stored)) if !stored.starts_with(RETRYABLE) => return resend(stored).await,
+                        Ok(Some(_)) => continue, // it failed retryably: claim again
                         Ok(None) if request.deadline.is_expired() => return refuse(expired()).await,
                         Ok(None) => continue, // the other execution vanished: claim again
                         Err(e) => {
@@ -194,9 +212,13 @@ impl<H: CommandHandler> RoleService<H> {
             Ok(data) => encode_reply(id, self.bus.instance(), ReplyBody::Data(data)),
             Err(error) => encode_reply(id, self.bus.instance(), ReplyBody::Error(error)),
         };
-        // A retryable failure is not kept: sending the same id again executes again.
-        let keep = !matches!(&outcome, Err(e) if e.retryable);
-        let written = finish(&self.bus, &key, keep.then_some(self.args.result_ttl()), reply_to, reply).await;
+        // A retryable failure is kept apart: sending the same id again executes
+        // again, while a redelivery of this entry gets this reply again.
+        let stored = match &outcome {
+            Err(e) if e.retryable => [RETRYABLE, delivery.entry_id.as_bytes(), b"\n", &reply].concat(),
+            _ => reply.clone(),
+        };
+        let written = finish(&self.bus, &key, stored, self.args.result_ttl(), reply_to, reply).await;
         match written {
             Ok(()) => {
                 match &outcome {
@@ -232,6 +254,30 @@ async fn claim(bus: &Bus, key: &str, marker: &Bytes, deadline: Deadline) -> Resu
     Ok(resp::bytes(resp::run(bus.client(), "SET", key, args, false).await?))
 }
 
+/// Returns the stored reply of a retryable failure when it was `entry_id`'s.
+fn retryable_reply(record: &Bytes, entry_id: &str) -> Option<Bytes> {
+    let rest = record.strip_prefix(RETRYABLE)?;
+    let newline = rest.iter().position(|b| *b == b'\n')?;
+    (&rest[..newline] == entry_id.as_bytes()).then(|| record.slice(RETRYABLE.len() + newline + 1..))
+}
+
+/// Replaces the result record `seen` (a retryable failure of another entry) by
+/// our running marker, unless it changed meanwhile; returns whether it did.
+async fn take_over(bus: &Bus, key: &str, seen: &Bytes, marker: &Bytes, deadline: Deadline) -> Result<bool, BusError> {
+    const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+        return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return false end";
+    let ttl = deadline.remaining() + MARKER_GRACE;
+    let args = vec![
+        Value::from(SCRIPT),
+        Value::from(1),
+        Value::from(key),
+        Value::Bytes(seen.clone()),
+        Value::Bytes(marker.clone()),
+        Value::from(ttl.as_millis() as i64),
+    ];
+    Ok(!matches!(resp::run(bus.client(), "EVAL", key, args, false).await?, Value::Null))
+}
+
 /// Waits until the result record holds a reply, vanishes (returns `None`), or the
 /// deadline passes (returns `None`).
 async fn wait_for_reply(bus: &Bus, key: &str, deadline: Deadline) -> Result<Option<Bytes>, BusError> {
@@ -248,29 +294,24 @@ async fn wait_for_reply(bus: &Bus, key: &str, deadline: Deadline) -> Result<Opti
     }
 }
 
-/// Stores the reply (or drops the record when `ttl` is `None`) and sends it.
+/// Stores the result record `stored` for `ttl` and sends the reply.
 async fn finish(
     bus: &Bus,
     key: &str,
-    ttl: Option<Duration>,
+    stored: Vec<u8>,
+    ttl: Duration,
     reply_to: Option<&str>,
     reply: Vec<u8>,
 ) -> Result<(), BusError> {
     let reply = Bytes::from(reply);
     let pipeline = bus.client().pipeline();
-    let stored = match ttl {
-        Some(ttl) => {
-            let args = vec![
-                Value::from(key),
-                Value::Bytes(reply.clone()),
-                Value::from("PX"),
-                Value::from(ttl.as_millis() as i64),
-            ];
-            pipeline.custom::<Value, Value>(resp::command("SET", key, false), args).await
-        }
-        None => pipeline.custom::<Value, Value>(resp::command("DEL", key, false), vec![Value::from(key)]).await,
-    };
-    stored.map_err(BusError::redis("SET"))?;
+    let args = vec![
+        Value::from(key),
+        Value::Bytes(Bytes::from(stored)),
+        Value::from("PX"),
+        Value::from(ttl.as_millis() as i64),
+    ];
+    pipeline.custom::<Value, Value>(resp::command("SET", key, false), args).await.map_err(BusError::redis("SET"))?;
     if let Some(to) = reply_to {
         pipeline
             .custom::<Value, Value>(resp::command("XADD", to, false), reply_args(to, reply))

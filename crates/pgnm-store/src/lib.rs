@@ -110,7 +110,18 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
-            StoreError::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+            StoreError::Query(e) => match e.as_db_error() {
+                None => true,
+                // The server going away or refusing work for now (connection
+                // exceptions, shutdown, statement timeout, serialization failure
+                // and deadlock): a retry can succeed.
+                Some(db) => {
+                    let code = db.code().code();
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || ["57014", "40001", "40P01", "53300"].contains(&code)
+                }
+            },
             _ => false,
         }
     }
