@@ -165,6 +165,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     // The harness's own reply stream and reader.
     let replies = env.raw_reply_stream("chaos").await;
+    // Kept for the whole run (a reply stream normally expires with its caller).
+    let _: bool = env.redis.persist(replies.as_str()).await?;
     let ledger: Shared = Arc::default();
     let stop_reader = CancellationToken::new();
     let reader = tokio::spawn(read_replies(redis.url(), replies.clone(), ledger.clone(), stop_reader.clone()));
