@@ -165,3 +165,132 @@ async fn the_bus_runs_over_redis_tls_verified_against_our_ca() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_bus_finds_its_redis_through_sentinel() {
+    let master = OwnRedis::start().await;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("pgnm-sentinel-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("sentinel.conf");
+    // Sentinel rewrites its configuration file, so it gets one of its own.
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor pgnm 127.0.0.1 {} 1\n",
+            dir.display(),
+            master.port()
+        ),
+    )
+    .unwrap();
+    let mut sentinel = tokio::process::Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server --sentinel");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = format!("redis-sentinel://127.0.0.1:{port}/0?sentinelServiceName=pgnm");
+    let args = RedisArgs::new(url, format!("sentinel{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let router = pgnm_router::RouterConfig {
+        redis: args.clone(),
+        worker: pgnm_tests::fast_worker(),
+        instance: Some("sentinel-router".into()),
+        admin: pgnm_runtime::AdminArgs::off(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(pgnm_router::run(router, shutdown.clone()));
+    let caller =
+        Caller::start(Bus::connect(&args, "sentinel-caller").await.expect("connect through sentinel"), "tests")
+            .await
+            .unwrap();
+    let pong = call_json(&caller, Role::Router, "ping", serde_json::json!({"echo": "via sentinel"})).await.unwrap();
+    assert_eq!(pong["echo"], "via sentinel");
+    caller.close().await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let _ = sentinel.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `program` as the `postgres` user when we are root (PostgreSQL refuses
+/// to run as root), as ourselves otherwise.
+fn as_postgres(program: &Path) -> std::process::Command {
+    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root {
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+#[tokio::test]
+async fn the_store_runs_over_postgresql_tls_verified_against_our_ca() {
+    use std::os::unix::fs::PermissionsExt;
+    let bindir = std::process::Command::new("pg_config").arg("--bindir").output().expect("pg_config (PostgreSQL)");
+    let bindir = PathBuf::from(String::from_utf8_lossy(&bindir.stdout).trim());
+    let dir = std::env::temp_dir().join(format!("pgnm-pgtls-{}", uuid::Uuid::new_v4().simple()));
+    let (ca, cert, key) = certificates(&dir);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = dir.join("db");
+    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root {
+        let status = std::process::Command::new("chown").arg("postgres").arg(&key).arg(&cert).status().unwrap();
+        assert!(status.success(), "chown the server key to postgres");
+    }
+    let out = as_postgres(&bindir.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust"])
+        .output()
+        .expect("initdb");
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let mut server = as_postgres(&bindir.join("postgres"));
+    server
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+        .arg("-k")
+        .arg(&dir)
+        .arg("-c")
+        .arg(format!("ssl_cert_file={}", cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", key.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = tokio::process::Command::from(server).kill_on_drop(true).spawn().expect("postgres");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut args = pgnm_store::DbArgs::new(url.clone());
+    args.ca_file = Some(ca.clone());
+    let store = pgnm_store::Store::new(&args).unwrap();
+    // Verified against our CA: connects, migrates and passes the readiness check.
+    let migrated = loop {
+        match store.migrate().await {
+            Ok(applied) => break applied,
+            Err(_) if std::time::Instant::now() < until => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("migrating over TLS: {}", pgnm_runtime::error_chain(&e)),
+        }
+    };
+    assert!(!migrated.is_empty());
+    store.check().await.expect("ready over TLS");
+    // Against the built-in roots the server's certificate is refused: TLS really is in use.
+    let untrusted = pgnm_store::Store::new(&pgnm_store::DbArgs::new(url)).unwrap();
+    let e = untrusted.check().await.expect_err("an unknown CA is refused");
+    let chain = pgnm_runtime::error_chain(&e);
+    assert!(chain.to_lowercase().contains("certificate"), "{chain}");
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
