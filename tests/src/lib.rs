@@ -576,7 +576,7 @@ impl Anvil {
     /// Starts anvil with `args` added (`--block-time 1`, `--chain-id 1`, ...) and
     /// waits until it answers.
     pub async fn start(args: &[&str]) -> Anvil {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let port = free_port();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let child = Self::spawn(port, &args);
         let anvil = Anvil { url: format!("http://127.0.0.1:{port}"), port, args, child };

@@ -221,11 +221,14 @@ async fn the_bus_finds_its_redis_through_sentinel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
 /// Runs `program` as the `postgres` user when we are root (PostgreSQL refuses
 /// to run as root), as ourselves otherwise.
 fn as_postgres(program: &Path) -> std::process::Command {
-    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if root {
+    if is_root() {
         let mut cmd = std::process::Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program);
         cmd
@@ -244,8 +247,7 @@ async fn the_store_runs_over_postgresql_tls_verified_against_our_ca() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let data = dir.join("db");
-    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if root {
+    if is_root() {
         let status = std::process::Command::new("chown").arg("postgres").arg(&key).arg(&cert).status().unwrap();
         assert!(status.success(), "chown the server key to postgres");
     }

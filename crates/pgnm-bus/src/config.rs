@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// How to reach Redis and which installation to serve.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL: `redis://host:port[/db]`, `rediss://` for TLS;
     /// `redis-cluster://host:port[?node=host:port...]` for a cluster;
@@ -27,6 +27,20 @@ pub struct RedisArgs {
     /// Timeout of one Redis command, in milliseconds.
     #[arg(long = "redis-timeout-ms", env = "PGNM_REDIS_TIMEOUT_MS", default_value_t = 5000)]
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, and the URL without its own.
+        f.debug_struct("RedisArgs")
+            .field("url", &crate::connection::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl RedisArgs {

@@ -211,6 +211,14 @@ mod tests {
     use super::redact_url;
 
     #[test]
+    fn debug_of_the_settings_never_shows_a_password() {
+        let mut args = crate::RedisArgs::new("redis://u:in-url@h:1", "p");
+        args.password = Some("from-env".into());
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("in-url") && !shown.contains("from-env"), "{shown}");
+    }
+
+    #[test]
     fn redacts_passwords() {
         assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");

@@ -96,6 +96,8 @@ struct Shared<H> {
     handler: H,
     slots: Arc<Semaphore>,
     in_flight: Mutex<HashMap<String, InFlight>>,
+    /// The in-flight gauge of this worker's group (looked up once, not per entry).
+    in_flight_gauge: metrics::Gauge,
     acks: mpsc::UnboundedSender<String>,
     tracker: TaskTracker,
 }
@@ -112,6 +114,7 @@ pub async fn run<H: EntryHandler>(
     let reader = bus.blocking_client(block).await?;
     ensure_group(&bus, &source).await?;
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let in_flight_gauge = metrics::gauge!(m::IN_FLIGHT, "group" => source.group.clone());
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(args.max_in_flight.max(1))),
         bus,
@@ -119,6 +122,7 @@ pub async fn run<H: EntryHandler>(
         args,
         handler,
         in_flight: Mutex::new(HashMap::new()),
+        in_flight_gauge,
         acks: ack_tx,
         tracker: TaskTracker::new(),
     });
@@ -271,7 +275,7 @@ fn spawn_entry<H: EntryHandler>(
         in_flight.insert(entry.id.clone(), InFlight { started: Instant::now(), abort: None });
     }
     let id = entry.id.clone();
-    let in_flight = metrics::gauge!(m::IN_FLIGHT, "group" => shared.source.group.clone());
+    let in_flight = shared.in_flight_gauge.clone();
     in_flight.increment(1);
     let shared2 = shared.clone();
     let handle = shared.tracker.spawn(async move {
@@ -541,7 +545,7 @@ async fn janitor_loop<H: EntryHandler>(shared: Arc<Shared<H>>, stop: Cancellatio
             _ = stop.cancelled() => return,
         }
         let in_flight = shared.in_flight.lock().expect("in-flight lock poisoned").len();
-        metrics::gauge!(m::IN_FLIGHT, "group" => shared.source.group.clone()).set(in_flight as f64);
+        shared.in_flight_gauge.set(in_flight as f64);
         if let Err(e) = trim(&shared.bus, &shared.source).await {
             debug!(error = %e, "trimming failed");
         }

@@ -26,7 +26,7 @@ mod embedded {
 }
 
 /// PostgreSQL settings shared by every service that uses the database.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct DbArgs {
     /// PostgreSQL URL (`postgres://user@host:5432/db`); the password may come
     /// from `PGPASSWORD`-style URL parts, set only through the environment.
@@ -70,6 +70,26 @@ pub struct DbArgs {
     /// certificates are trusted.
     #[arg(id = "database_ca_file", long = "database-ca-file", value_name = "FILE", env = "PGNM_DATABASE_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password (a URL holding one shows it masked).
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if self.url[scheme + 3..at].contains(':') => {
+                let user = self.url[scheme + 3..at].split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("DbArgs")
+            .field("url", &url)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl DbArgs {
@@ -245,4 +265,16 @@ impl Store {
 /// Returns the schema version this build expects.
 pub fn latest_version() -> i32 {
     embedded::migrations::runner().get_migrations().iter().map(|m| m.version()).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_never_shows_a_password() {
+        let mut args = super::DbArgs::new("postgres://pgnm:hunter2@db:5432/pgnm");
+        args.password = Some("s3cret".into());
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("pgnm:***@db"), "{shown}");
+    }
 }

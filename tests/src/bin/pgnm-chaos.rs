@@ -32,16 +32,17 @@ struct Cli {
     #[arg(long, default_value_t = 60)]
     duration_secs: u64,
     /// Requests per second sent (open loop: sent whether or not earlier ones were answered).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     rate: u64,
-    /// Milliseconds between two replica kills.
-    #[arg(long, default_value_t = 3000)]
+    /// Milliseconds between two replica kills (at least 1,500: a killed replica is
+    /// started again a second later).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1500..))]
     kill_every_ms: u64,
     /// Deadline of each request, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     deadline_ms: u64,
-    /// Simulated nodes in the fleet.
-    #[arg(long, default_value_t = 20)]
+    /// Simulated nodes in the fleet (1 to 10,000).
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     nodes: usize,
     /// Seed of the fault schedule and the command mix.
     #[arg(long, default_value_t = 1)]
