@@ -214,9 +214,10 @@ impl<H: CommandHandler> RoleService<H> {
         };
         // A retryable failure is kept apart: sending the same id again executes
         // again, while a redelivery of this entry gets this reply again.
+        let reply = Bytes::from(reply);
         let stored = match &outcome {
-            Err(e) if e.retryable => [RETRYABLE, delivery.entry_id.as_bytes(), b"\n", &reply].concat(),
-            _ => reply.clone(),
+            Err(e) if e.retryable => Bytes::from([RETRYABLE, delivery.entry_id.as_bytes(), b"\n", &reply].concat()),
+            _ => reply.clone(), // shares the bytes
         };
         let written = finish(&self.bus, &key, stored, self.args.result_ttl(), reply_to, reply).await;
         match written {
@@ -298,19 +299,13 @@ async fn wait_for_reply(bus: &Bus, key: &str, deadline: Deadline) -> Result<Opti
 async fn finish(
     bus: &Bus,
     key: &str,
-    stored: Vec<u8>,
+    stored: Bytes,
     ttl: Duration,
     reply_to: Option<&str>,
-    reply: Vec<u8>,
+    reply: Bytes,
 ) -> Result<(), BusError> {
-    let reply = Bytes::from(reply);
     let pipeline = bus.client().pipeline();
-    let args = vec![
-        Value::from(key),
-        Value::Bytes(Bytes::from(stored)),
-        Value::from("PX"),
-        Value::from(ttl.as_millis() as i64),
-    ];
+    let args = vec![Value::from(key), Value::Bytes(stored), Value::from("PX"), Value::from(ttl.as_millis() as i64)];
     pipeline.custom::<Value, Value>(resp::command("SET", key, false), args).await.map_err(BusError::redis("SET"))?;
     if let Some(to) = reply_to {
         pipeline

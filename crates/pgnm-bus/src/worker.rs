@@ -30,11 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::metrics as m;
-
 use crate::config::WorkerArgs;
 use crate::connection::Bus;
 use crate::error::BusError;
+use crate::metrics as m;
 use crate::resp::{self, StreamEntry};
 
 /// Most entries the dead-letter stream keeps (approximately).
