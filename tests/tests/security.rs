@@ -99,6 +99,25 @@ async fn redis_auth_missing_or_wrong_password_fails_clearly_and_the_right_one_wo
     assert_eq!(admin_get(port, "/healthz").await.0, 200);
 }
 
+/// Runs a router on `args` and pings it through a caller on the same settings.
+async fn ping_through_a_router(args: &RedisArgs, echo: &str) {
+    let router = pgnm_router::RouterConfig {
+        redis: args.clone(),
+        worker: pgnm_tests::fast_worker(),
+        instance: Some(format!("router-{echo}").replace(' ', "-")),
+        admin: pgnm_runtime::AdminArgs::off(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(pgnm_router::run(router, shutdown.clone()));
+    let bus = Bus::connect(args, "security-caller").await.expect("connect");
+    let caller = Caller::start(bus, "tests").await.unwrap();
+    let pong = call_json(&caller, Role::Router, "ping", serde_json::json!({ "echo": echo })).await.unwrap();
+    assert_eq!(pong["echo"], echo);
+    caller.close().await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// A CA and a server certificate for 127.0.0.1, written under `dir`.
 fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
@@ -148,20 +167,7 @@ async fn the_bus_runs_over_redis_tls_verified_against_our_ca() {
     // With it: a round trip through a router over TLS.
     let mut args = RedisArgs::new(url, format!("tls{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     args.ca_file = Some(ca.clone());
-    let router = pgnm_router::RouterConfig {
-        redis: args.clone(),
-        worker: pgnm_tests::fast_worker(),
-        instance: Some("tls-router".into()),
-        admin: pgnm_runtime::AdminArgs::off(),
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(pgnm_router::run(router, shutdown.clone()));
-    let caller = Caller::start(Bus::connect(&args, "tls-caller").await.expect("TLS connect"), "tests").await.unwrap();
-    let pong = call_json(&caller, Role::Router, "ping", serde_json::json!({"echo": "over tls"})).await.unwrap();
-    assert_eq!(pong["echo"], "over tls");
-    caller.close().await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    ping_through_a_router(&args, "over tls").await;
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -200,23 +206,7 @@ async fn the_bus_finds_its_redis_through_sentinel() {
 
     let url = format!("redis-sentinel://127.0.0.1:{port}/0?sentinelServiceName=pgnm");
     let args = RedisArgs::new(url, format!("sentinel{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let router = pgnm_router::RouterConfig {
-        redis: args.clone(),
-        worker: pgnm_tests::fast_worker(),
-        instance: Some("sentinel-router".into()),
-        admin: pgnm_runtime::AdminArgs::off(),
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(pgnm_router::run(router, shutdown.clone()));
-    let caller =
-        Caller::start(Bus::connect(&args, "sentinel-caller").await.expect("connect through sentinel"), "tests")
-            .await
-            .unwrap();
-    let pong = call_json(&caller, Role::Router, "ping", serde_json::json!({"echo": "via sentinel"})).await.unwrap();
-    assert_eq!(pong["echo"], "via sentinel");
-    caller.close().await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    ping_through_a_router(&args, "via sentinel").await;
     let _ = sentinel.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
