@@ -143,12 +143,21 @@ impl<H: CommandHandler> RoleService<H> {
                 .await;
             }
         };
-        if request.deadline.is_expired() {
-            return refuse(expired()).await;
-        }
-
         // Execute once per request id: claim the result record, or find its reply.
         let key = self.bus.keys().result(self.role, id);
+        if request.deadline.is_expired() {
+            // Too late to execute; but one already answered (this entry redelivered
+            // after its replica died, or a repeat of the id) gets its answer again,
+            // never a different one.
+            return match stored_answer(&self.bus, &key, &delivery.entry_id).await {
+                Ok(Some(reply)) => resend(reply).await,
+                Ok(None) => refuse(expired()).await,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the stored reply; leaving the request pending");
+                    Disposition::Retry
+                }
+            };
+        }
         let marker: Bytes = [RUNNING, delivery.entry_id.as_bytes()].concat().into();
         loop {
             let previous = match claim(&self.bus, &key, &marker, request.deadline).await {
@@ -253,6 +262,17 @@ async fn claim(bus: &Bus, key: &str, marker: &Bytes, deadline: Deadline) -> Resu
         Value::from(ttl.as_millis() as i64),
     ];
     Ok(resp::bytes(resp::run(bus.client(), "SET", key, args, false).await?))
+}
+
+/// Returns the answer already given to a request, if any: its stored reply, or
+/// the retryable failure stored for `entry_id` (not one of another entry).
+async fn stored_answer(bus: &Bus, key: &str, entry_id: &str) -> Result<Option<Bytes>, BusError> {
+    let value = resp::bytes(resp::run(bus.client(), "GET", key, vec![Value::from(key)], false).await?);
+    Ok(match value {
+        Some(v) if v.starts_with(RUNNING) => None,
+        Some(v) if v.starts_with(RETRYABLE) => retryable_reply(&v, entry_id),
+        other => other,
+    })
 }
 
 /// Returns the stored reply of a retryable failure when it was `entry_id`'s.

@@ -86,7 +86,7 @@ impl EntryHandler for Router {
         };
         let span = info_span!("route", cmd = %request.command, id = %request.id);
         let timer = CommandTimer::start(Role::Router.as_str(), &request.command);
-        self.route(payload, request, &timer).instrument(span).await
+        self.route(payload, request, delivery.deliveries, &timer).instrument(span).await
     }
 
     async fn give_up(&self, delivery: &Delivery, reason: &str) {
@@ -95,7 +95,13 @@ impl EntryHandler for Router {
 }
 
 impl Router {
-    async fn route(&self, payload: Bytes, request: Request<IgnoredAny>, timer: &CommandTimer) -> Disposition {
+    async fn route(
+        &self,
+        payload: Bytes,
+        request: Request<IgnoredAny>,
+        deliveries: u32,
+        timer: &CommandTimer,
+    ) -> Disposition {
         let reply_to = match service::reply_stream(&self.bus, request.reply_to.as_deref()) {
             Ok(to) => to,
             Err(dead) => return dead,
@@ -115,7 +121,11 @@ impl Router {
             }
             Err(e) => return refuse(ErrorBody::new(ErrorCode::UnknownCommand, e.to_string())).await,
         };
-        if request.deadline.is_expired() {
+        // A redelivered entry may have been forwarded and answered already (its
+        // router died before acknowledging it): it goes to its role again, which
+        // answers from what it stored rather than differently.
+        let forwarded_before = deliveries > 1 && matches!(route, Route::One(_));
+        if request.deadline.is_expired() && !forwarded_before {
             return refuse(ErrorBody::new(
                 ErrorCode::DeadlineExceeded,
                 "the request's deadline passed before it was routed",

@@ -95,6 +95,9 @@ struct Replica {
     binary: &'static str,
     instance: String,
     child: Option<Child>,
+    /// When a replica that exited by itself is started again (as Kubernetes
+    /// restarts a failed container).
+    restart_at: Option<Instant>,
 }
 
 #[tokio::main]
@@ -154,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut replicas: Vec<Replica> = ["pgnm-router", "pgnm-checker", "pgnm-scheduler"]
         .iter()
         .flat_map(|b| (1..=2).map(move |i| (*b, i)))
-        .map(|(binary, i)| Replica { binary, instance: format!("{}-{i}", &binary[5..]), child: None })
+        .map(|(binary, i)| Replica { binary, instance: format!("{}-{i}", &binary[5..]), child: None, restart_at: None })
         .collect();
     for r in &mut replicas {
         start(&env, r, &common);
@@ -229,6 +232,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = started.elapsed();
+        // Supervision: a replica that exited by itself (a checker or scheduler
+        // starting while PostgreSQL is away exits at once) is started again a
+        // second later, and again, until it stays up.
+        for r in &mut replicas {
+            let exited = match r.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(status),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                r.child = None;
+                r.restart_at = Some(Instant::now() + Duration::from_secs(1));
+                events.push(format!("{:>6.1} s  {} exited by itself ({status})", t.as_secs_f64(), r.instance));
+            }
+            if r.restart_at.is_some_and(|at| Instant::now() >= at) {
+                r.restart_at = None;
+                start(&env, r, &common);
+            }
+        }
         if t >= next_kill {
             next_kill += Duration::from_millis(cli.kill_every_ms);
             let i = rng.below(replicas.len());
@@ -236,10 +257,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             if let Some(mut child) = r.child.take() {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
+                events.push(format!("{:>6.1} s  kill -9 {}", t.as_secs_f64(), r.instance));
+                r.restart_at = Some(Instant::now() + Duration::from_secs(1));
             }
-            events.push(format!("{:>6.1} s  kill -9 {}", t.as_secs_f64(), r.instance));
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            start(&env, r, &common);
         }
         if !redis_restarted && t >= redis_restart_at {
             redis_restarted = true;
